@@ -1,0 +1,174 @@
+"""Datasets by name, held in memory as tensors, with a fixed-seed validation split.
+
+λ and the epoch are selected on `val` (carved from the training set); `test` is only evaluated
+for the selected checkpoint. Images are float tensors in [0, 1] pixel space: any normalization
+lives inside the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuner.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (N, C, H, W) in [0, 1] and integer labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    in_channels: int
+
+
+CROP_PADDING = 4
+Loader = Callable[..., tuple[Split, Split, int]]
+_DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Register a loader returning (train, test, num_classes)."""
+
+    def add(loader: Loader) -> Loader:
+        _DATASETS[name] = loader
+        return loader
+
+    return add
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False,
+                 val_fraction: float, split_seed: int) -> Dataset:
+    """Load `name` and carve a validation split of `val_fraction` of train with `split_seed`."""
+    if name not in _DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+    train, test, num_classes = _DATASETS[name](data_dir=data_dir, download=download)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
+    n_val = max(1, round(val_fraction * len(train)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    return Dataset(
+        train=Split(train.images[train_idx], train.labels[train_idx]),
+        val=Split(train.images[val_idx], train.labels[val_idx]),
+        test=test,
+        num_classes=num_classes,
+        in_channels=train.images.shape[1],
+    )
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+            augment: bool = False, rank: int = 0, world_size: int = 1,
+            device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of this worker's shard (every `world_size`-th example from `rank`).
+
+    With `augment`, each image is randomly cropped back to its size after zero padding of
+    `CROP_PADDING` pixels, and flipped horizontally with probability 1/2 (the CIFAR-10 augmentation).
+    """
+    order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+    order = order[rank::world_size]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x, y = split.images[idx], split.labels[idx]
+        if augment:
+            x = random_crop_flip(x, CROP_PADDING, generator=generator)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image random crop after zero padding, then a random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+@register_dataset("digits")
+def _digits(*, data_dir: str | None, download: bool) -> tuple[Split, Split, int]:
+    """scikit-learn's bundled 8×8 handwritten digits (offline); a fixed 20% is the test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(20211206))
+    n_test = len(labels) // 5
+    test_idx, train_idx = order[:n_test], order[n_test:]
+    return Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]), 10
+
+
+CIFAR10_HELP = ("pass --data-dir pointing at torchvision's 'cifar-10-batches-py' folder (or its parent; "
+                "add --download to fetch it), or at an ImageFolder tree with train/<class>/*.png and test/<class>/*.png")
+
+
+@register_dataset("cifar10")
+def _cifar10(*, data_dir: str | None, download: bool) -> tuple[Split, Split, int]:
+    """CIFAR-10 from torchvision's python batches or from an ImageFolder tree of PNGs."""
+    if not data_dir:
+        raise ConfigError(f"dataset cifar10 needs its files: {CIFAR10_HELP}")
+    root = Path(data_dir).expanduser()
+    if root.name == "cifar-10-batches-py":
+        root = root.parent
+    if (root / "cifar-10-batches-py").is_dir() or download:
+        return _cifar10_batches(root, download=download)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, classes = _image_folder(root / "train")
+        test, test_classes = _image_folder(root / "test")
+        if test_classes != classes:
+            raise ConfigError(f"{root}/train and {root}/test hold different class folders; give both the same {len(classes)} classes")
+        return train, test, len(classes)
+    raise ConfigError(f"no CIFAR-10 found in {root}: {CIFAR10_HELP}")
+
+
+def _cifar10_batches(root: Path, *, download: bool) -> tuple[Split, Split, int]:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        splits = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(f"could not read CIFAR-10 batches in {root} ({exc}): {CIFAR10_HELP}") from None
+
+    def to_split(ds: CIFAR10) -> Split:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
+        return Split(images.contiguous(), torch.tensor(ds.targets, dtype=torch.long))
+
+    return to_split(splits[0]), to_split(splits[1]), len(splits[0].classes)
+
+
+def _image_folder(root: Path) -> tuple[Split, list[str]]:
+    from torchvision.datasets.folder import find_classes, make_dataset
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        classes, class_to_idx = find_classes(str(root))
+        samples = make_dataset(str(root), class_to_idx, extensions=(".png", ".jpg", ".jpeg"))
+    except (FileNotFoundError, OSError) as exc:
+        raise ConfigError(f"could not list images in {root} ({exc}): {CIFAR10_HELP}") from None
+    try:
+        images = torch.stack([decode_image(path, mode=ImageReadMode.RGB) for path, _ in samples])
+    except RuntimeError as exc:
+        raise ConfigError(f"could not decode the images in {root} as equal-sized RGB pictures ({exc})") from None
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return Split(images.float().div_(255), labels), classes

@@ -1,0 +1,5 @@
+"""The one exception type for bad user input."""
+
+
+class ConfigError(ValueError):
+    """Bad input a user can fix: the message names the problem and the fix, in one line."""

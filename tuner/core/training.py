@@ -1,0 +1,204 @@
+"""One adversarial training trial: train, evaluate on validation every epoch, checkpoint, select, test.
+
+The epoch is selected on the validation split (best robust accuracy); the test split is
+evaluated once, for the selected checkpoint only. `run_trial` resumes from the checkpoint in
+its work directory, so a retried or resumed trial never repeats a finished epoch, and each
+epoch reseeds the random generators from (seed, epoch) so a resumed run matches an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import models
+from tuner.core.config import TrialConfig
+from tuner.core.data import Dataset, batches, load_dataset
+from tuner.core.metrics import evaluate
+from tuner.core.objectives import AttackSettings, get_objective
+
+CHECKPOINT_DIR = "checkpoint"
+LAST = "last.pt"  # everything needed to resume
+BEST = "best.pt"  # the model state of the selected epoch
+METRICS = "metrics.json"
+
+# Called after each epoch's checkpoint is on disk, with that epoch's metrics and the checkpoint folder.
+EpochCallback = Callable[[dict[str, float], Path], None]
+
+
+@dataclass
+class Prepared:
+    """A trial's data and model, built (and so validated) before anything is written."""
+
+    config: TrialConfig
+    data: Dataset
+    model: nn.Module
+    device: torch.device
+
+
+def prepare(config: TrialConfig) -> Prepared:
+    """Load the data and build the model; raises ConfigError on bad input, writes nothing."""
+    get_objective(config.method)
+    data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                        val_fraction=config.val_fraction, split_seed=config.split_seed)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    normalize = None if config.normalize_mean is None else (config.normalize_mean, config.normalize_std)
+    model = models.create_model(config.model, width=config.width, num_classes=data.num_classes,
+                                in_channels=data.in_channels, depth=config.depth, normalize=normalize)
+    return Prepared(config, data, model.to(device), device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_attack(config: TrialConfig) -> AttackSettings:
+    return AttackSettings(config.epsilon, config.train_step_size, config.train_steps)
+
+
+def eval_attack(config: TrialConfig) -> AttackSettings:
+    return AttackSettings(config.epsilon, config.eval_step_size, config.eval_steps)
+
+
+def make_optimizer(model: nn.Module, config: TrialConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with the preset's momentum and weight decay, lr × gamma at the milestone fractions of the epochs."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, config: TrialConfig,
+                    epoch: int, device: torch.device, *, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """One pass over this worker's shard of the training split; returns the epoch means."""
+    objective = get_objective(config.method)
+    attack = train_attack(config)
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    torch.manual_seed(epoch_seed(config.seed, epoch))
+    model.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for x, y in batches(data.train, config.batch_size, shuffle=True, generator=generator, augment=config.augment,
+                        rank=rank, world_size=world_size, device=device):
+        value = objective(model, x, y, lam=config.lam, attack=attack)
+        optimizer.zero_grad(set_to_none=True)
+        value.loss.backward()
+        optimizer.step()
+        sums += torch.stack([torch.ones((), device=device), value.natural_loss, value.regularizer]).double() * len(y)
+    n, natural, regularizer = sums.tolist()
+    return {"train_natural_loss": natural / n, "train_regularizer": regularizer / n}
+
+
+def evaluate_split(model: nn.Module, split_name: str, data: Dataset, config: TrialConfig, device: torch.device):
+    split = getattr(data, split_name)
+    torch.manual_seed(epoch_seed(config.seed, -1))
+    return evaluate(model, batches(split, config.eval_batch_size, device=device),
+                    eval_attack=eval_attack(config), probe_attack=train_attack(config))
+
+
+def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | None = None,
+              log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Train for `config.epochs` epochs (resuming from `work_dir`), then test the selected checkpoint.
+
+    Writes `work_dir/checkpoint/{last,best}.pt` every epoch and `work_dir/metrics.json` at the
+    end; returns the content of metrics.json.
+    """
+    config, data, model, device = prepared.config, prepared.data, prepared.model, prepared.device
+    ckpt_dir = Path(work_dir) / CHECKPOINT_DIR
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    optimizer, scheduler = make_optimizer(model, config)
+    state = load_checkpoint(ckpt_dir / LAST)
+    history: list[dict[str, float]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        if log and history:
+            log(f"resuming after epoch {len(history)} from {ckpt_dir / LAST}")
+
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        record: dict[str, float] = {"epoch": epoch, "lr": lr}
+        record.update(train_one_epoch(model, optimizer, data, config, epoch, device))
+        scheduler.step()
+        record.update(evaluate_split(model, "val", data, config, device).as_dict("val"))
+        record["epoch_seconds"] = time.perf_counter() - started
+        best = max(history, key=lambda r: r["val_robust_acc"], default=None)
+        history.append(record)
+        if best is None or record["val_robust_acc"] > best["val_robust_acc"]:
+            atomic_save({"epoch": epoch, "model": model.state_dict()}, ckpt_dir / BEST)
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
+        if log:
+            log(format_epoch(record, config.epochs))
+        if on_epoch:
+            on_epoch(record, ckpt_dir)
+
+    return finish_trial(prepared, history, work_dir=Path(work_dir))
+
+
+def select_epoch(history: list[dict[str, float]]) -> dict[str, float]:
+    """The epoch with the best validation robust accuracy (the earliest among ties)."""
+    return max(history, key=lambda r: r["val_robust_acc"])
+
+
+def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_dir: Path) -> dict[str, Any]:
+    """Evaluate the selected checkpoint on the test split and write metrics.json."""
+    config = prepared.config
+    selected = select_epoch(history)
+    best = load_checkpoint(work_dir / CHECKPOINT_DIR / BEST)
+    prepared.model.load_state_dict(best["model"])
+    test = evaluate_split(prepared.model, "test", prepared.data, config, prepared.device)
+    metrics: dict[str, Any] = {
+        "width": config.width, "lam": config.lam, "method": config.method, "seed": config.seed,
+        "model": config.model, "dataset": config.dataset,
+        "best_epoch": int(selected["epoch"]), "epochs_run": len(history),
+        **{k: v for k, v in selected.items() if k.startswith("val_")},
+        **test.as_dict("test"),
+        "history": history,
+    }
+    atomic_write_text(work_dir / METRICS, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_epoch(record: dict[str, float], epochs: int) -> str:
+    return (f"epoch {int(record['epoch'])}/{epochs}  loss {record['train_natural_loss']:.3f}  "
+            f"reg {record['train_regularizer']:.3f}  val nat {record['val_natural_acc']:.3f}  "
+            f"rob {record['val_robust_acc']:.3f}  stab {record['val_stability']:.3f}  "
+            f"lip {record['val_lipschitz']:.3g}  lr {record['lr']:.3g}  {record['epoch_seconds']:.1f}s")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint saved by this module, loaded with weights_only=True; None if absent."""
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
