@@ -1,0 +1,45 @@
+"""Shared fixtures: the offline digits data, the quick preset and a CE-trained (undefended) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from tuner.core.config import TrialConfig
+from tuner.core.data import Dataset, batches, load_dataset
+from tuner.presets import load_preset
+
+CIFAR10_SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_dataset("digits", val_fraction=0.2, split_seed=0)
+
+
+@pytest.fixture(scope="session")
+def quick() -> TrialConfig:
+    """The quick preset at width 1, λ = 6, shortened to 2 epochs."""
+    return load_preset("quick").trial_config(width=1, lam=6.0, epochs=2)
+
+
+@pytest.fixture(scope="session")
+def undefended(digits: Dataset) -> torch.nn.Module:
+    """A cnn trained with plain cross-entropy on clean digits (natural accuracy > 0.9)."""
+    torch.manual_seed(0)
+    model = models.create_model("cnn", width=2, num_classes=10, in_channels=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(8):
+        for x, y in batches(digits.train, 64, shuffle=True, generator=generator):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return model

@@ -1,0 +1,70 @@
+"""The trial loop: selection on validation, test only for the selected checkpoint, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tuner.core import training
+from tuner.core.training import BEST, CHECKPOINT_DIR, LAST, prepare, run_trial
+
+REQUIRED_KEYS = {"val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz", "test_natural_acc",
+                 "test_robust_acc", "test_stability", "best_epoch", "width", "lam", "method", "seed"}
+
+
+def strip_time(metrics):
+    return {k: v for k, v in metrics.items() if k != "history"}, [
+        {k: v for k, v in r.items() if k != "epoch_seconds"} for r in metrics["history"]]
+
+
+@pytest.fixture(scope="module")
+def finished(quick, tmp_path_factory):
+    work = tmp_path_factory.mktemp("trial")
+    return work, run_trial(prepare(quick), work_dir=work, log=None)
+
+
+def test_writes_metrics_and_checkpoints_loadable_with_weights_only(finished, quick):
+    work, metrics = finished
+    assert REQUIRED_KEYS <= set(metrics)
+    assert json.loads((work / "metrics.json").read_text()) == metrics
+    assert len(metrics["history"]) == quick.epochs
+    assert metrics["width"] == 1 and metrics["lam"] == 6.0 and metrics["method"] == "trades"
+    for name in (LAST, BEST):
+        state = torch.load(work / CHECKPOINT_DIR / name, weights_only=True)
+        assert "model" in state
+
+
+def test_epoch_is_selected_on_validation_and_only_its_checkpoint_is_tested(quick, tmp_path, monkeypatch):
+    splits = []
+    real = training.evaluate_split
+    monkeypatch.setattr(training, "evaluate_split", lambda model, split, *a: splits.append(split) or real(model, split, *a))
+    metrics = run_trial(prepare(quick.replace(epochs=3)), work_dir=tmp_path, log=None)
+    assert splits == ["val", "val", "val", "test"]
+    best = max(metrics["history"], key=lambda r: r["val_robust_acc"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["val_robust_acc"] == best["val_robust_acc"]
+    assert torch.load(tmp_path / CHECKPOINT_DIR / BEST, weights_only=True)["epoch"] == best["epoch"]
+
+
+def test_same_seed_same_metrics(finished, quick, tmp_path):
+    _, first = finished
+    assert strip_time(run_trial(prepare(quick), work_dir=tmp_path, log=None)) == strip_time(first)
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(finished, quick, tmp_path):
+    _, uninterrupted = finished
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(record, ckpt):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_trial(prepare(quick), work_dir=tmp_path, on_epoch=stop_after_first, log=None)
+    epochs = []
+    resumed = run_trial(prepare(quick), work_dir=tmp_path, on_epoch=lambda r, c: epochs.append(r["epoch"]), log=None)
+    assert epochs == [2]
+    assert strip_time(resumed) == strip_time(uninterrupted)
