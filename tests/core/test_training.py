@@ -59,12 +59,12 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(finished, qui
     class Interrupt(Exception):
         pass
 
-    def stop_after_first(record, ckpt):
+    def stop_after_first(report):
         raise Interrupt
 
     with pytest.raises(Interrupt):
         run_trial(prepare(quick), work_dir=tmp_path, on_epoch=stop_after_first, log=None)
     epochs = []
-    resumed = run_trial(prepare(quick), work_dir=tmp_path, on_epoch=lambda r, c: epochs.append(r["epoch"]), log=None)
+    resumed = run_trial(prepare(quick), work_dir=tmp_path, on_epoch=lambda report: epochs.append(report.record["epoch"]), log=None)
     assert epochs == [2]
     assert strip_time(resumed) == strip_time(uninterrupted)

@@ -10,6 +10,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,8 +32,19 @@ LAST = "last.pt"  # everything needed to resume
 BEST = "best.pt"  # the model state of the selected epoch
 METRICS = "metrics.json"
 
-# Called after each epoch's checkpoint is on disk, with that epoch's metrics and the checkpoint folder.
-EpochCallback = Callable[[dict[str, float], Path], None]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a trial tells its caller after each epoch, once that epoch's checkpoint is on disk."""
+
+    record: dict[str, float]  # this epoch's metrics
+    history: list[dict[str, float]]  # every epoch so far, this one included
+    checkpoint_dir: Path
+    summary: dict[str, Any] | None  # the content of metrics.json, after the last epoch only
+
+
+EpochCallback = Callable[[EpochReport], None]
 
 
 @dataclass
@@ -101,6 +113,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Da
         optimizer.step()
         sums += torch.stack([torch.ones((), device=device), value.natural_loss, value.regularizer]).double() * len(y)
     n, natural, regularizer = sums.tolist()
+    if not math.isfinite(natural + regularizer):
+        raise FloatingPointError(f"training diverged at epoch {epoch} (loss {natural + regularizer}) with "
+                                 f"λ={config.lam:g}, lr={config.lr:g}: lower λ's range or the learning rate")
     return {"train_natural_loss": natural / n, "train_regularizer": regularizer / n}
 
 
@@ -132,6 +147,7 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         if log and history:
             log(f"resuming after epoch {len(history)} from {ckpt_dir / LAST}")
 
+    summary = None
     for epoch in range(len(history) + 1, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -148,10 +164,13 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
                      "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
         if log:
             log(format_epoch(record, config.epochs))
+        if epoch == config.epochs:
+            summary = finish_trial(prepared, history, work_dir=Path(work_dir))
         if on_epoch:
-            on_epoch(record, ckpt_dir)
-
-    return finish_trial(prepared, history, work_dir=Path(work_dir))
+            on_epoch(EpochReport(record, list(history), ckpt_dir, summary))
+    if summary is None:  # resumed after the last epoch was checkpointed
+        summary = finish_trial(prepared, history, work_dir=Path(work_dir))
+    return summary
 
 
 def select_epoch(history: list[dict[str, float]]) -> dict[str, float]:

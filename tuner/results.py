@@ -1,0 +1,91 @@
+"""Search results as Parquet: one row per trial, one row per trial per epoch.
+
+Both files are rewritten atomically (temporary file + rename) each time a trial finishes, so a
+crash never leaves a half-written table and no finished trial is lost. Rows are keyed by the
+Ray trial id: a trial recorded again (a resume) replaces its earlier rows instead of adding more.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STATUSES = ("completed", "early_stopped", "error")
+
+TRIAL_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("width", pa.int32()),
+    ("lam", pa.float64()),
+    ("method", pa.string()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),
+    ("epochs_run", pa.int32()),
+    ("best_epoch", pa.int32()),
+    ("val_natural_acc", pa.float64()),
+    ("val_robust_acc", pa.float64()),
+    ("val_stability", pa.float64()),
+    ("val_lipschitz", pa.float64()),
+    ("test_natural_acc", pa.float64()),
+    ("test_robust_acc", pa.float64()),
+    ("test_stability", pa.float64()),
+    ("wall_seconds", pa.float64()),
+    ("optuna_trial", pa.int32()),
+    ("node", pa.string()),
+    ("error", pa.string()),
+])
+
+EPOCH_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("width", pa.int32()),
+    ("lam", pa.float64()),
+    ("epoch", pa.int32()),
+    ("train_natural_loss", pa.float64()),
+    ("train_regularizer", pa.float64()),
+    ("lr", pa.float64()),
+    ("epoch_seconds", pa.float64()),
+    ("val_natural_acc", pa.float64()),
+    ("val_robust_acc", pa.float64()),
+    ("val_stability", pa.float64()),
+    ("val_lipschitz", pa.float64()),
+])
+
+
+class ResultsStore:
+    """The trial and epoch tables of one run directory, kept in memory and on disk together."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.trials = {row["trial_id"]: row for row in _read(self.run_dir / TRIALS_FILE)}
+        self.epochs: dict[str, list[dict[str, Any]]] = {}
+        for row in _read(self.run_dir / EPOCHS_FILE):
+            self.epochs.setdefault(row["trial_id"], []).append(row)
+
+    def record(self, trial: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
+        """Add or replace one trial's rows and write both files."""
+        if trial["status"] not in STATUSES:
+            raise ValueError(f"unknown trial status {trial['status']!r}")
+        trial_id = trial["trial_id"]
+        self.trials[trial_id] = {name: trial.get(name) for name in TRIAL_SCHEMA.names}
+        self.epochs[trial_id] = [{name: {"trial_id": trial_id, "width": trial["width"], "lam": trial["lam"],
+                                         **row}.get(name) for name in EPOCH_SCHEMA.names} for row in epochs]
+        _write(self.run_dir / TRIALS_FILE, list(self.trials.values()), TRIAL_SCHEMA)
+        _write(self.run_dir / EPOCHS_FILE, [r for rows in self.epochs.values() for r in rows], EPOCH_SCHEMA)
+
+    def for_width(self, width: int) -> list[dict[str, Any]]:
+        return [row for row in self.trials.values() if row["width"] == width]
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def _write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,145 @@
+"""`python -m tuner.search`: for each width, an Optuna study over λ run as Ray Tune trials.
+
+    python -m tuner.search --widths 1,4,10 [--preset quick] [--trials N] [--resume] ...
+
+CLI → plan → trials (one study per width, smallest first) → results (Parquet, as each trial
+finishes) → per-width summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tuner import cli
+from tuner.core.errors import ConfigError
+from tuner.core.training import prepare
+from tuner.plan import SearchPlan, build_plan
+from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
+from tuner.results import TRIALS_FILE, ResultsStore
+
+SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
+
+
+def build_parser() -> cli.Parser:
+    parser = cli.Parser(prog="python -m tuner.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", help="comma-separated widths, e.g. 1,4,10 (default: the preset's)")
+    parser.add_argument("--preset", help=f"preset name or YAML path (default {DEFAULT_PRESET}, the offline demo)")
+    parser.add_argument("--trials", type=int, help="trials (λ values) per width")
+    parser.add_argument("--lam-range", help="LOW,HIGH of the log-uniform λ range")
+    parser.add_argument("--sampler", choices=["tpe", "gp"], help="Optuna sampler")
+    parser.add_argument("--concurrency", type=int, help="at most this many trials at once")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go (default runs)")
+    parser.add_argument("--name", help="run name (default <preset>-<date>-<time>); the run directory is OUT/NAME")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run --name (default: the newest run in --out)")
+    add_trial_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        args, argv = resume_arguments(args)
+    plan = make_plan(args)
+    check_address(args.address)
+    if not args.resume and plan.run_dir.exists():
+        raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name")
+
+    if args.preset is None:
+        print(f"no --preset: running the offline demo preset '{DEFAULT_PRESET}' (digits, small CNN, CPU-sized); "
+              f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
+    print(plan.describe())
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    (plan.run_dir / SEARCH_FILE).write_text(json.dumps({"argv": argv, "name": plan.name}, indent=2))
+
+    from tuner import cluster  # imports Ray: only once the input is known to be good
+
+    started = time.monotonic()
+    cluster.connect(args.address)
+    from tuner.trials import run_width
+
+    for width in plan.widths:
+        print(f"width {width}: study {plan.study_name(width)}")
+        run_width(plan, width)
+    print_summary(plan, time.monotonic() - started)
+    return 0
+
+
+def make_plan(args: Any) -> SearchPlan:
+    preset = load_preset(args.preset or DEFAULT_PRESET)
+    search_overrides = {"widths": args.widths, "trials": args.trials, "lam_range": args.lam_range,
+                        "sampler": args.sampler, "concurrency": args.concurrency,
+                        "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+    plan = build_plan(preset, name=args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}", out=args.out,
+                      search_overrides=search_overrides, trial_overrides=trial_overrides(args))
+    prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
+    return plan
+
+
+def resume_arguments(args: Any) -> tuple[Any, list[str]]:
+    """The arguments the run being resumed was started with (a new --address still applies)."""
+    if args.name:
+        run_dir = args.out / args.name
+    else:
+        runs = sorted((p.parent for p in args.out.glob(f"*/{SEARCH_FILE}")), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"nothing to resume in {args.out}: start a search without --resume, or pass --out/--name")
+        run_dir = runs[-1]
+    saved = run_dir / SEARCH_FILE
+    if not saved.exists():
+        raise ConfigError(f"no search to resume at {run_dir}: pass the --out and --name it was started with")
+    stored = json.loads(saved.read_text())
+    argv = [a for a in stored["argv"] if a != "--resume"] + ["--resume", "--name", stored["name"],
+                                                            "--out", str(args.out)]
+    if args.address:
+        argv += ["--address", args.address]
+    print(f"resuming {run_dir}")
+    return build_parser().parse_args(argv), stored["argv"]
+
+
+def check_address(address: str | None) -> None:
+    """Fail in one line, before anything is written, when a given Ray address does not answer."""
+    if address is None or address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError):
+        raise ConfigError(f"no Ray cluster answers at --address {address}: start one with 'ray start --head' "
+                          f"and pass its HOST:PORT (6379 by default), or leave --address out to run locally") from None
+
+
+def print_summary(plan: SearchPlan, seconds: float) -> None:
+    store = ResultsStore(plan.run_dir)
+    print(f"\nsearch {plan.name} finished in {seconds:.0f}s")
+    print(f"{'width':>5} {'best λ':>8} {'val rob':>8} {'val nat':>8} {'val stab':>8} "
+          f"{'test rob':>8} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
+    for width in plan.widths:
+        rows = store.for_width(width)
+        counts = "/".join(str(sum(r["status"] == s for r in rows)) for s in ("completed", "early_stopped", "error"))
+        completed = [r for r in rows if r["status"] == "completed"]
+        if not completed:
+            print(f"{width:>5} {'-':>8} {'(no completed trial)':>44}  {counts}")
+            continue
+        best = max(completed, key=lambda r: r["val_robust_acc"])
+        print(f"{width:>5} {best['lam']:>8.3g} {best['val_robust_acc']:>8.3f} {best['val_natural_acc']:>8.3f} "
+              f"{best['val_stability']:>8.3f} {best['test_robust_acc']:>8.3f} {best['test_natural_acc']:>8.3f} "
+              f"{best['test_stability']:>9.3f}  {counts}")
+    print(f"results: {plan.run_dir / TRIALS_FILE} (and epochs.parquet)")
+    print(f"optuna:  {plan.optuna_storage} (optuna-dashboard {plan.optuna_storage})")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,145 @@
+"""The Ray Tune side of a search: the trainable that runs one core trial, and one Tuner per width.
+
+Each width gets its own Optuna study (`<name>-w<width>`) in the run's journal file, driven by
+Ray Tune's OptunaSearch; ASHA stops weak trials on the epoch counter. A trial stopped early is
+told to Optuna as PRUNED (its per-epoch values stay as intermediate values), never as COMPLETE
+with a low-epoch value that would mislead the sampler.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.core.config import TrialConfig
+from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
+from tuner.plan import SearchPlan
+from tuner.results import ResultsStore
+
+METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
+OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
+
+
+def trial_function(config: dict[str, Any], *, base: dict[str, Any]) -> None:
+    """One Tune trial: the core trial at `config["lam"]`, resuming from Tune's checkpoint if any."""
+    trial = TrialConfig.from_dict({**base, "lam": config["lam"]})
+    prepared = prepare(trial)
+    work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
+    node = ray.util.get_node_ip_address()
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            checkpoint.to_directory(str(work_dir / CHECKPOINT_DIR))
+
+        def report(epoch: EpochReport) -> None:
+            metrics: dict[str, Any] = {**epoch.record, "history": epoch.history, "node": node,
+                                       OBJECTIVE: select_epoch(epoch.history)["val_robust_acc"]}
+            if epoch.summary is not None:
+                metrics["summary"] = {k: v for k, v in epoch.summary.items() if k != "history"}
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
+
+        run_trial(prepared, work_dir=work_dir, on_epoch=report, log=None)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells trials stopped before their last epoch as PRUNED, not COMPLETE."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = not error and result is not None and "summary" not in result
+        super().on_trial_complete(trial_id, None if stopped_early else result, error)
+
+
+def make_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
+    startup = min(10, max(2, plan.trials // 2))
+    if plan.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=startup)
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+
+
+def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A Tune trial's row for trials.parquet and its epoch rows for epochs.parquet."""
+    result = trial.last_result or {}
+    history = result.get("history", [])
+    summary = result.get("summary", {})
+    selected = select_epoch(history) if history else {}
+    row: dict[str, Any] = {
+        "trial_id": trial.trial_id, "width": width, "lam": trial.config["lam"],
+        "method": plan.trial.method, "seed": plan.trial.seed, "status": status,
+        "epochs_run": len(history), "best_epoch": selected.get("epoch"),
+        **{k: selected.get(k) for k in ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz")},
+        **{k: summary.get(k) for k in ("test_natural_acc", "test_robust_acc", "test_stability")},
+        "wall_seconds": result.get("time_total_s"), "node": result.get("node"),
+    }
+    if status == "error":
+        error = trial.get_error() or ""
+        row["error"] = (error.strip().splitlines() or ["unknown error"])[-1]
+    return row, history
+
+
+class ResultsCallback(tune.Callback):
+    """Writes each finished trial to Parquet at once and prints one line for it."""
+
+    def __init__(self, plan: SearchPlan, width: int, *, echo: Callable[[str], None] = print) -> None:
+        self.plan, self.width, self.echo = plan, width, echo
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, "completed" if "summary" in (trial.last_result or {}) else "early_stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._record(trial, "error")
+
+    def _record(self, trial: Any, status: str) -> None:
+        row, history = trial_row(trial, width=self.width, status=status, plan=self.plan)
+        store = ResultsStore(self.plan.run_dir)
+        store.record(row, history)
+        done = sum(1 for r in store.for_width(self.width))
+        detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
+                  f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
+        self.echo(f"  w{self.width} [{done}/{self.plan.trials}] λ={row['lam']:<8.3g} {status:<13} "
+                  f"{row['epochs_run']} epochs  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
+
+
+def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = print) -> None:
+    """Run (or, if its Tune experiment exists, resume) the study of one width."""
+    base = plan.trial.replace(width=width).to_dict()
+    del base["lam"]
+    trainable = tune.with_resources(tune.with_parameters(trial_function, base=base),
+                                    {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    experiment = plan.tune_storage / f"w{width}"
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        storage = JournalStorage(JournalFileBackend(str(plan.optuna_storage)))
+        searcher = PrunedAwareOptunaSearch(metric=OBJECTIVE, mode="max", sampler=make_sampler(plan),
+                                           study_name=plan.study_name(width), storage=storage)
+        scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=plan.trial.epochs,
+                                  grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"lam": tune.loguniform(plan.lam_low, plan.lam_high)},
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
+                                        max_concurrent_trials=plan.concurrency),
+            run_config=tune.RunConfig(
+                name=f"w{width}", storage_path=str(plan.tune_storage.resolve()), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=plan.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[ResultsCallback(plan, width, echo=echo)],
+            ),
+        )
+    started = time.monotonic()
+    tuner.fit()
+    echo(f"  w{width}: study done in {time.monotonic() - started:.0f}s")
