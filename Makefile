@@ -14,7 +14,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(BIN)/python -m tuner.train --preset quick --width 4 --lam 6
+	$(BIN)/python -m tuner.search --widths 1,4,10
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

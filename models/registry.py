@@ -8,23 +8,12 @@ import torch
 from torch import nn
 
 from tuner.core.errors import ConfigError
+from tuner.core.registry import Registry
 
-Builder = Callable[..., nn.Module]
-_MODELS: dict[str, Builder] = {}
-
-
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Register `builder(*, width, num_classes, in_channels, depth)` under `name`."""
-
-    def add(builder: Builder) -> Builder:
-        _MODELS[name] = builder
-        return builder
-
-    return add
-
-
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+# builder(*, width, num_classes, in_channels, depth) -> nn.Module
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+register_model = MODELS.register
+list_models = MODELS.names
 
 
 def create_model(name: str, *, width: int, num_classes: int, in_channels: int, depth: int | None = None,
@@ -34,11 +23,10 @@ def create_model(name: str, *, width: int, num_classes: int, in_channels: int, d
     `normalize=(mean, std)` puts per-channel input normalization inside the model, so attacks
     and ε stay in [0, 1] pixel space.
     """
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    builder = MODELS.get(name)
     if not isinstance(width, int) or width <= 0:
         raise ConfigError(f"width must be a positive integer, got {width!r}")
-    model = _MODELS[name](width=width, num_classes=num_classes, in_channels=in_channels, depth=depth)
+    model = builder(width=width, num_classes=num_classes, in_channels=in_channels, depth=depth)
     if normalize is None:
         return model
     mean, std = normalize

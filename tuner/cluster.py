@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 
-import ray
+# Tune's progress tables off (the search prints one line per trial); no warning about
+# snapshotting the experiment state after every checkpoint, which the search wants.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Results go to Parquet; Tune's default CSV/JSON/TensorBoard loggers would duplicate them.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
 
 
 def connect(address: str | None) -> None:
     """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

@@ -36,6 +36,7 @@ class SearchPlan:
     concurrency: int | None
     max_retries: int
     seed: int
+    initial_lams: list[float]  # evaluated first (e.g. known defaults), then the sampler takes over
 
     @property
     def optuna_storage(self) -> Path:
@@ -80,6 +81,14 @@ def parse_lam_range(value: Any) -> tuple[float, float]:
     return low, high
 
 
+def parse_lams(value: Any) -> list[float]:
+    """"1,6,18" or [1, 6, 18] → [1.0, 6.0, 18.0]."""
+    try:
+        return [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except ValueError:
+        raise ConfigError(f"--lam-start takes comma-separated numbers like 6,18, got {value!r}") from None
+
+
 def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[str, Any],
                trial_overrides: dict[str, Any]) -> SearchPlan:
     """The preset's settings with the flags given (None = not given) applied, validated as a whole.
@@ -94,10 +103,12 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     plan = SearchPlan(
         name=name, run_dir=Path(out) / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
         lam_high=high, trials=int(values["trials"]), sampler=str(values["sampler"]),
-        grace_period=int(values["grace_period"]), reduction_factor=int(values["reduction_factor"]),
+        # a trial shorter than the grace period is never stopped early
+        grace_period=min(int(values["grace_period"]), trial.epochs), reduction_factor=int(values["reduction_factor"]),
         cpus_per_trial=float(values["cpus_per_trial"]), gpus_per_trial=float(values["gpus_per_trial"]),
         concurrency=None if values["concurrency"] is None else int(values["concurrency"]),
         max_retries=int(values["max_retries"]), seed=trial.seed,
+        initial_lams=parse_lams(values.get("initial_lams") or []),
     )
     _validate(plan)
     return plan
@@ -114,6 +125,9 @@ def _validate(plan: SearchPlan) -> None:
         (plan.gpus_per_trial <= 1 or plan.gpus_per_trial.is_integer(),
          f"--gpus-per-trial above 1 must be a whole number, got {plan.gpus_per_trial:g}"),
         (plan.concurrency is None or plan.concurrency >= 1, f"--concurrency must be >= 1, got {plan.concurrency}"),
+        (all(plan.lam_low <= lam <= plan.lam_high for lam in plan.initial_lams),
+         f"--lam-start values must lie in the λ range [{plan.lam_low:g}, {plan.lam_high:g}]"),
+        (len(plan.initial_lams) <= plan.trials, "--lam-start gives more values than --trials"),
         (plan.max_retries >= 0, f"max_retries must be >= 0, got {plan.max_retries}"),
         (plan.name and "/" not in plan.name and not plan.name.startswith("."),
          f"--name must be a plain folder name, got {plan.name!r}"),

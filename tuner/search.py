@@ -32,6 +32,7 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--preset", help=f"preset name or YAML path (default {DEFAULT_PRESET}, the offline demo)")
     parser.add_argument("--trials", type=int, help="trials (λ values) per width")
     parser.add_argument("--lam-range", help="LOW,HIGH of the log-uniform λ range")
+    parser.add_argument("--lam-start", help="λ values to evaluate first, e.g. 6,18 (known good defaults)")
     parser.add_argument("--sampler", choices=["tpe", "gp"], help="Optuna sampler")
     parser.add_argument("--concurrency", type=int, help="at most this many trials at once")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 def make_plan(args: Any) -> SearchPlan:
     preset = load_preset(args.preset or DEFAULT_PRESET)
     search_overrides = {"widths": args.widths, "trials": args.trials, "lam_range": args.lam_range,
+                        "initial_lams": args.lam_start,
                         "sampler": args.sampler, "concurrency": args.concurrency,
                         "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
     plan = build_plan(preset, name=args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}", out=args.out,

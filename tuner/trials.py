@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tuner.results import ResultsStore
 
 METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
 OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
+FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
 
 
 def trial_function(config: dict[str, Any], *, base: dict[str, Any]) -> None:
@@ -45,7 +47,8 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any]) -> None:
 
         def report(epoch: EpochReport) -> None:
             metrics: dict[str, Any] = {**epoch.record, "history": epoch.history, "node": node,
-                                       OBJECTIVE: select_epoch(epoch.history)["val_robust_acc"]}
+                                       OBJECTIVE: select_epoch(epoch.history)["val_robust_acc"],
+                                       FINISHED: int(epoch.summary is not None)}
             if epoch.summary is not None:
                 metrics["summary"] = {k: v for k, v in epoch.summary.items() if k != "history"}
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
@@ -59,8 +62,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells trials stopped before their last epoch as PRUNED, not COMPLETE."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = not error and result is not None and "summary" not in result
+        stopped_early = not error and result is not None and not result.get(FINISHED)
+        if stopped_early and trial_id in self._ot_trials and self.metric in result:
+            # ASHA may stop a trial on a result the searcher never saw: keep it as an intermediate
+            # value (Optuna ignores, with a warning, a step already reported).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        return None if config is None else {**config, "optuna_trial": self._ot_trials[trial_id].number}
 
 
 def make_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
@@ -83,6 +96,7 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         **{k: selected.get(k) for k in ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz")},
         **{k: summary.get(k) for k in ("test_natural_acc", "test_robust_acc", "test_stability")},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"),
+        "optuna_trial": trial.config.get("optuna_trial"),
     }
     if status == "error":
         error = trial.get_error() or ""
@@ -97,7 +111,7 @@ class ResultsCallback(tune.Callback):
         self.plan, self.width, self.echo = plan, width, echo
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._record(trial, "completed" if "summary" in (trial.last_result or {}) else "early_stopped")
+        self._record(trial, "completed" if (trial.last_result or {}).get(FINISHED) else "early_stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "error")
@@ -125,7 +139,8 @@ def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = pri
     else:
         storage = JournalStorage(JournalFileBackend(str(plan.optuna_storage)))
         searcher = PrunedAwareOptunaSearch(metric=OBJECTIVE, mode="max", sampler=make_sampler(plan),
-                                           study_name=plan.study_name(width), storage=storage)
+                                           study_name=plan.study_name(width), storage=storage,
+                                           points_to_evaluate=[{"lam": lam} for lam in plan.initial_lams] or None)
         scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=plan.trial.epochs,
                                   grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
         tuner = tune.Tuner(

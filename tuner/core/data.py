@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tuner.core.errors import ConfigError
+from tuner.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,30 +38,16 @@ class Dataset:
 
 
 CROP_PADDING = 4
-Loader = Callable[..., tuple[Split, Split, int]]
-_DATASETS: dict[str, Loader] = {}
-
-
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Register a loader returning (train, test, num_classes)."""
-
-    def add(loader: Loader) -> Loader:
-        _DATASETS[name] = loader
-        return loader
-
-    return add
-
-
-def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+# loader(*, data_dir, download) -> (train, test, num_classes)
+DATASETS: Registry[Callable[..., tuple[Split, Split, int]]] = Registry("dataset")
+register_dataset = DATASETS.register
+list_datasets = DATASETS.names
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False,
                  val_fraction: float, split_seed: int) -> Dataset:
     """Load `name` and carve a validation split of `val_fraction` of train with `split_seed`."""
-    if name not in _DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
-    train, test, num_classes = _DATASETS[name](data_dir=data_dir, download=download)
+    train, test, num_classes = DATASETS.get(name)(data_dir=data_dir, download=download)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
     n_val = max(1, round(val_fraction * len(train)))
     val_idx, train_idx = order[:n_val], order[n_val:]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.core.attacks import eval_mode, pgd_linf
-from tuner.core.errors import ConfigError
+from tuner.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -34,28 +34,11 @@ class ObjectiveValue:
     regularizer: torch.Tensor  # the term λ multiplies, detached
 
 
-Objective = Callable[..., ObjectiveValue]
-_OBJECTIVES: dict[str, Objective] = {}
-
-
-def register_objective(name: str) -> Callable[[Objective], Objective]:
-    """Register `objective(model, x, y, *, lam, attack) -> ObjectiveValue` under `name`."""
-
-    def add(objective: Objective) -> Objective:
-        _OBJECTIVES[name] = objective
-        return objective
-
-    return add
-
-
-def list_objectives() -> list[str]:
-    return sorted(_OBJECTIVES)
-
-
-def get_objective(name: str) -> Objective:
-    if name not in _OBJECTIVES:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(list_objectives())}")
-    return _OBJECTIVES[name]
+# objective(model, x, y, *, lam, attack) -> ObjectiveValue, by method name
+OBJECTIVES: Registry[Callable[..., ObjectiveValue]] = Registry("method")
+register_objective = OBJECTIVES.register
+list_objectives = OBJECTIVES.names
+get_objective = OBJECTIVES.get
 
 
 def kl_to(clean_logits: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

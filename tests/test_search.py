@@ -1,0 +1,163 @@
+"""`python -m tuner.search` end to end on a real local Ray, with real Optuna storage and Parquet files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from tests.helpers import assert_usage_error, run_command
+from tuner.presets import load_preset
+from tuner.results import EPOCH_SCHEMA, TRIAL_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+
+def write_preset(path, **search):
+    """The quick preset with some search settings changed, as a user-written preset file."""
+    preset = load_preset("quick")
+    path.write_text(yaml.safe_dump({"trial": preset.trial, "search": {**preset.search, **search}}))
+    return str(path)
+
+
+def studies(run_dir):
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """2 widths × 3 trials × 2 epochs; ASHA made harsh (grace 1, keep the top quarter) to stop trials."""
+    tmp = tmp_path_factory.mktemp("search")
+    preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
+                         "--lam-range", "0.5,20", "--out", str(tmp / "runs"), "--name", "it", cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "runs" / "it", result
+
+
+def test_parquet_tables_have_the_schema_and_one_row_per_trial(search_run):
+    run_dir, _ = search_run
+    trials = pq.read_table(run_dir / "trials.parquet")
+    epochs = pq.read_table(run_dir / "epochs.parquet")
+    assert trials.schema.equals(TRIAL_SCHEMA) and epochs.schema.equals(EPOCH_SCHEMA)
+    rows = trials.to_pylist()
+    assert len(rows) == 6 and len({r["trial_id"] for r in rows}) == 6
+    assert sorted(r["width"] for r in rows) == [1, 1, 1, 2, 2, 2]
+    assert all(0.5 <= r["lam"] <= 20 for r in rows)
+    assert epochs.num_rows == sum(r["epochs_run"] for r in rows)
+    for r in rows:
+        assert r["status"] in ("completed", "early_stopped")
+        assert r["val_robust_acc"] <= r["val_natural_acc"]
+        if r["status"] == "completed":
+            assert r["epochs_run"] == 2 and r["test_robust_acc"] is not None
+        else:
+            assert r["epochs_run"] == 1 and r["test_robust_acc"] is None
+
+
+def test_one_optuna_study_per_width_with_the_same_trials(search_run):
+    run_dir, _ = search_run
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    by_study = studies(run_dir)
+    assert set(by_study) == {"it-w1", "it-w2"}
+    for width in (1, 2):
+        ot_trials = by_study[f"it-w{width}"]
+        parquet = [r for r in rows if r["width"] == width]
+        assert sorted(t.params["lam"] for t in ot_trials) == pytest.approx(sorted(r["lam"] for r in parquet))
+        states = sorted(t.state.name for t in ot_trials)
+        expected = sorted("COMPLETE" if r["status"] == "completed" else "PRUNED" for r in parquet)
+        assert states == expected
+
+
+def test_harsh_asha_stops_some_trial_and_optuna_sees_it_pruned(search_run):
+    run_dir, result = search_run
+    rows = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    assert any(r["status"] == "early_stopped" for r in rows), result.stdout
+    pruned = [t for ts in studies(run_dir).values() for t in ts if t.state == TrialState.PRUNED]
+    assert pruned and all(t.intermediate_values and max(t.intermediate_values) == 1 for t in pruned)
+
+
+def test_output_is_one_line_per_trial_and_a_summary(search_run):
+    _, result = search_run
+    trial_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("w1 [", "w2 ["))]
+    assert len(trial_lines) == 6
+    assert "completed/early-stopped/failed" in result.stdout
+    assert len(result.stdout.splitlines()) < 40, result.stdout
+
+
+def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
+    preset = write_preset(tmp_path / "p.yaml", max_retries=1, concurrency=1)
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--epochs", "1",
+                         "--lam-range", "1,1e7", "--lam-start", "1,1e6", "--out", str(tmp_path / "runs"),
+                         "--name", "err", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {r["lam"]: r for r in pq.read_table(tmp_path / "runs" / "err" / "trials.parquet").to_pylist()}
+    assert len(rows) == 3
+    assert rows[1.0]["status"] == "completed"
+    assert rows[1e6]["status"] == "error" and "diverged" in rows[1e6]["error"]
+    states = sorted(t.state.name for t in studies(tmp_path / "runs" / "err")["err-w1"])
+    assert states.count("FAIL") == sum(r["status"] == "error" for r in rows.values())
+
+
+def test_resume_after_sigkill_finishes_with_each_trial_once(tmp_path):
+    out = tmp_path / "runs"
+    args = ["--widths", "1,2", "--trials", "2", "--epochs", "3", "--concurrency", "1", "--out", str(out), "--name", "rs"]
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trials_file = out / "rs" / "trials.parquet"
+    try:
+        deadline = time.monotonic() + 300
+        while not trials_file.exists() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+        assert trials_file.exists() and driver.poll() is None, "no trial finished before the driver ended"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as in a crash
+        driver.wait()
+    finished_before = {r["trial_id"] for r in pq.read_table(trials_file).to_pylist()}
+    assert 1 <= len(finished_before) < 4
+
+    result = run_command("tuner.search", "--resume", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = pq.read_table(trials_file).to_pylist()
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert finished_before <= {r["trial_id"] for r in rows}
+    assert sorted(r["width"] for r in rows) == [1, 1, 2, 2]
+    epochs = pq.read_table(out / "rs" / "epochs.parquet").to_pylist()
+    keys = [(e["trial_id"], e["epoch"]) for e in epochs]
+    assert len(keys) == len(set(keys)) == sum(r["epochs_run"] for r in rows)
+    rerun = [line for line in result.stdout.splitlines() if line.strip().startswith(("w1 [", "w2 ["))]
+    assert len(rerun) == 4 - len(finished_before), "a finished trial was run again"
+    assert all(len(ts) == 2 for ts in studies(out / "rs").values())
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--widths", "1,a"], "--widths takes comma-separated positive integers"),
+    (["--widths", "0"], "--widths takes comma-separated positive integers"),
+    (["--lam-range", "5,1"], "--lam-range needs 0 < LOW < HIGH"),
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--address", "127.0.0.1:1"], "no Ray cluster answers at --address 127.0.0.1:1"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, args, fragment):
+    result = run_command("tuner.search", "--widths", "1", *args, "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert_usage_error(result, fragment)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    result = run_command("tuner.search", "--widths", "1", "--out", str(tmp_path / "runs"), "--name", "taken", cwd=tmp_path)
+    assert_usage_error(result, "run directory", "exists: pass --resume")
+    assert list((tmp_path / "runs" / "taken").iterdir()) == []
