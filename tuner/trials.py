@@ -34,8 +34,14 @@ OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-fa
 FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
 
 
-def trial_function(config: dict[str, Any], *, base: dict[str, Any]) -> None:
-    """One Tune trial: the core trial at `config["lam"]`, resuming from Tune's checkpoint if any."""
+def trial_function(config: dict[str, Any], *, base: dict[str, Any], recorded: frozenset[str] = frozenset()) -> None:
+    """One Tune trial: the core trial at `config["lam"]`, resuming from Tune's checkpoint if any.
+
+    A trial already in the results (`recorded`) returns at once: the driver was killed after
+    recording it but before Tune's experiment state said it had finished.
+    """
+    if tune.get_context().get_trial_id() in recorded:
+        return
     trial = TrialConfig.from_dict({**base, "lam": config["lam"]})
     prepared = prepare(trial)
     work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
@@ -117,8 +123,10 @@ class ResultsCallback(tune.Callback):
         self._record(trial, "error")
 
     def _record(self, trial: Any, status: str) -> None:
-        row, history = trial_row(trial, width=self.width, status=status, plan=self.plan)
         store = ResultsStore(self.plan.run_dir)
+        if trial.trial_id in store.trials:  # recorded before a resume: its row stands
+            return
+        row, history = trial_row(trial, width=self.width, status=status, plan=self.plan)
         store.record(row, history)
         done = sum(1 for r in store.for_width(self.width))
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
@@ -131,7 +139,8 @@ def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = pri
     """Run (or, if its Tune experiment exists, resume) the study of one width."""
     base = plan.trial.replace(width=width).to_dict()
     del base["lam"]
-    trainable = tune.with_resources(tune.with_parameters(trial_function, base=base),
+    recorded = frozenset(row["trial_id"] for row in ResultsStore(plan.run_dir).for_width(width))
+    trainable = tune.with_resources(tune.with_parameters(trial_function, base=base, recorded=recorded),
                                     {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
     experiment = plan.tune_storage / f"w{width}"
     if tune.Tuner.can_restore(str(experiment)):
