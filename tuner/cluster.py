@@ -9,7 +9,7 @@ import os
 # snapshotting the experiment state after every checkpoint, which the search wants.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Results go to Parquet; Tune's default CSV/JSON/TensorBoard loggers would duplicate them.
+# Results go to Parquet; of Tune's default loggers the search keeps only the JSON one (trials.py).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 import optuna  # noqa: E402

@@ -21,6 +21,7 @@ import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -161,7 +162,7 @@ def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = pri
                 name=f"w{width}", storage_path=str(plan.tune_storage.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[ResultsCallback(plan, width, echo=echo)],
+                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, width, echo=echo)],
             ),
         )
     started = time.monotonic()
