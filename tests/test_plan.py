@@ -32,7 +32,7 @@ def test_lam_range_is_ordered_and_positive():
 def test_flags_override_the_preset_and_the_base_trial_is_the_narrowest():
     p = plan(widths="10,4", trials=7, lam_range="2,9")
     assert p.widths == [4, 10] and p.trials == 7 and (p.lam_low, p.lam_high) == (2.0, 9.0)
-    assert p.trial.width == 4 and p.run_dir == Path("runs/t") and p.study_name(10) == "t-w10"
+    assert p.trial.width == 4 and p.run_dir == Path("runs/t").resolve() and p.study_name(10) == "t-w10"
     assert plan().widths == load_preset("quick").search["widths"]
 
 

@@ -12,6 +12,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -99,8 +100,8 @@ def test_output_is_one_line_per_trial_and_a_summary(search_run):
 def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
     preset = write_preset(tmp_path / "p.yaml", max_retries=1, concurrency=1)
     result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--epochs", "1",
-                         "--lam-range", "1,1e7", "--lam-start", "1,1e6", "--out", str(tmp_path / "runs"),
-                         "--name", "err", cwd=tmp_path)
+                         "--lam-range", "1,1e7", "--lam-start", "1,1e6", "--out", "runs", "--name", "err",
+                         cwd=tmp_path)  # a relative --out, as in the demo
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {r["lam"]: r for r in pq.read_table(tmp_path / "runs" / "err" / "trials.parquet").to_pylist()}
     assert len(rows) == 3
@@ -108,6 +109,12 @@ def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
     assert rows[1e6]["status"] == "error" and "diverged" in rows[1e6]["error"]
     states = sorted(t.state.name for t in studies(tmp_path / "runs" / "err")["err-w1"])
     assert states.count("FAIL") == sum(r["status"] == "error" for r in rows.values())
+    # no tracking URI given: MLflow's default store in the working directory
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("err").experiment_id],
+                              filter_string="tags.`rwt.kind` = 'trial'")
+    status = {float(r.data.params["lam"]): (r.data.tags["status"], r.info.status) for r in runs}
+    assert status[1.0] == ("completed", "FINISHED") and status[1e6] == ("error", "FAILED")
 
 
 def test_resume_after_sigkill_finishes_with_each_trial_once(tmp_path):
@@ -138,7 +145,17 @@ def test_resume_after_sigkill_finishes_with_each_trial_once(tmp_path):
     assert len(keys) == len(set(keys)) == sum(r["epochs_run"] for r in rows)
     rerun = [line for line in result.stdout.splitlines() if line.strip().startswith(("w1 [", "w2 ["))]
     assert len(rerun) == 4 - len(finished_before), "a finished trial was run again"
-    assert all(len(ts) == 2 for ts in studies(out / "rs").values())
+    for ts in studies(out / "rs").values():
+        # a trial asked just before the kill, unknown to the restored searcher, is closed as FAIL
+        assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in ts) == 2
+        assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in ts)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rs").experiment_id],
+                              filter_string="tags.`rwt.kind` = 'trial'")
+    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(r["trial_id"] for r in rows)
+    for run, row in ((r, {t["trial_id"]: t for t in rows}[r.data.tags["ray_trial_id"]]) for r in runs):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_robust_acc")]
+        assert sorted(steps) == list(range(1, row["epochs_run"] + 1)), "a metric step logged twice or missing"
 
 
 @pytest.mark.parametrize("args, fragment", [

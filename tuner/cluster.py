@@ -22,3 +22,8 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def node_count() -> int:
+    """Alive nodes of the Ray cluster the driver is connected to."""
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

@@ -101,7 +101,7 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     low, high = parse_lam_range(values["lam_range"])
     trial = preset.trial_config(width=widths[0], lam=low, **trial_overrides)
     plan = SearchPlan(
-        name=name, run_dir=Path(out) / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
+        name=name, run_dir=Path(out).resolve() / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
         lam_high=high, trials=int(values["trials"]), sampler=str(values["sampler"]),
         # a trial shorter than the grace period is never stopped early
         grace_period=min(int(values["grace_period"]), trial.epochs), reduction_factor=int(values["reduction_factor"]),

@@ -37,6 +37,7 @@ TRIAL_SCHEMA = pa.schema([
     ("wall_seconds", pa.float64()),
     ("optuna_trial", pa.int32()),
     ("node", pa.string()),
+    ("checkpoint", pa.string()),  # the trial's last Tune checkpoint; its best.pt is the selected epoch
     ("error", pa.string()),
 ])
 
@@ -79,6 +80,11 @@ class ResultsStore:
 
     def for_width(self, width: int) -> list[dict[str, Any]]:
         return [row for row in self.trials.values() if row["width"] == width]
+
+
+def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed trial with the best validation robust accuracy at its selected epoch."""
+    return max((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_robust_acc"], default=None)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

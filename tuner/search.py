@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner import cli
+from tuner import cli, tracking
 from tuner.core.errors import ConfigError
 from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
-from tuner.results import TRIALS_FILE, ResultsStore
+from tuner.results import EPOCHS_FILE, TRIALS_FILE, ResultsStore, best_trial
 
 SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
 
@@ -38,6 +38,8 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's "
+                        "default sqlite:///mlflow.db in this directory)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go (default runs)")
     parser.add_argument("--name", help="run name (default <preset>-<date>-<time>); the run directory is OUT/NAME")
     parser.add_argument("--resume", action="store_true",
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         args, argv = resume_arguments(args)
     plan = make_plan(args)
     check_address(args.address)
+    tracking_uri = tracking.resolve_uri(args.tracking_uri)
+    tracking.check_reachable(tracking_uri)
     if not args.resume and plan.run_dir.exists():
         raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name")
 
@@ -64,15 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     (plan.run_dir / SEARCH_FILE).write_text(json.dumps({"argv": argv, "name": plan.name}, indent=2))
 
     from tuner import cluster  # imports Ray: only once the input is known to be good
+    from tuner.trials import run_width
 
     started = time.monotonic()
     cluster.connect(args.address)
-    from tuner.trials import run_width
+    if cluster.node_count() > 1 and tracking.is_local(tracking_uri):
+        print(f"warning: MLflow store {tracking_uri} is local to the driver's node on a {cluster.node_count()}-node "
+              f"cluster; run 'mlflow server' and pass --tracking-uri http://HOST:5000 so the runs outlive this node")
+    tracker = tracking.Tracker(tracking_uri, plan)
 
     for width in plan.widths:
         print(f"width {width}: study {plan.study_name(width)}")
-        run_width(plan, width)
-    print_summary(plan, time.monotonic() - started)
+        run_width(plan, width, tracker=tracker)
+    print_summary(plan, time.monotonic() - started, tracking_uri)
+    tracker.finish_search([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
     return 0
 
 
@@ -123,7 +132,7 @@ def check_address(address: str | None) -> None:
                           f"and pass its HOST:PORT (6379 by default), or leave --address out to run locally") from None
 
 
-def print_summary(plan: SearchPlan, seconds: float) -> None:
+def print_summary(plan: SearchPlan, seconds: float, tracking_uri: str) -> None:
     store = ResultsStore(plan.run_dir)
     print(f"\nsearch {plan.name} finished in {seconds:.0f}s")
     print(f"{'width':>5} {'best λ':>8} {'val rob':>8} {'val nat':>8} {'val stab':>8} "
@@ -131,16 +140,16 @@ def print_summary(plan: SearchPlan, seconds: float) -> None:
     for width in plan.widths:
         rows = store.for_width(width)
         counts = "/".join(str(sum(r["status"] == s for r in rows)) for s in ("completed", "early_stopped", "error"))
-        completed = [r for r in rows if r["status"] == "completed"]
-        if not completed:
+        best = best_trial(rows)
+        if best is None:
             print(f"{width:>5} {'-':>8} {'(no completed trial)':>44}  {counts}")
             continue
-        best = max(completed, key=lambda r: r["val_robust_acc"])
         print(f"{width:>5} {best['lam']:>8.3g} {best['val_robust_acc']:>8.3f} {best['val_natural_acc']:>8.3f} "
               f"{best['val_stability']:>8.3f} {best['test_robust_acc']:>8.3f} {best['test_natural_acc']:>8.3f} "
               f"{best['test_stability']:>9.3f}  {counts}")
     print(f"results: {plan.run_dir / TRIALS_FILE} (and epochs.parquet)")
     print(f"optuna:  {plan.optuna_storage} (optuna-dashboard {plan.optuna_storage})")
+    print(f"mlflow:  {tracking_uri}, experiment {plan.name} (mlflow ui --backend-store-uri {tracking_uri})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.core.config import TrialConfig
 from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
 from tuner.plan import SearchPlan
-from tuner.results import ResultsStore
+from tuner.results import ResultsStore, best_trial
+from tuner.tracking import Tracker
 
 METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
 OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
@@ -78,6 +79,18 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore, then close as FAIL the study's trials asked after this state was saved.
+
+        The journal records an ask at once, the searcher's state only at Tune's next snapshot:
+        a driver killed in between leaves RUNNING trials no one will finish or tell.
+        """
+        super().restore(checkpoint_path)
+        known = {trial.number for trial in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if frozen.number not in known:
+                self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         return None if config is None else {**config, "optuna_trial": self._ot_trials[trial_id].number}
@@ -104,6 +117,7 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         **{k: summary.get(k) for k in ("test_natural_acc", "test_robust_acc", "test_stability")},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"),
         "optuna_trial": trial.config.get("optuna_trial"),
+        "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else None,
     }
     if status == "error":
         error = trial.get_error() or ""
@@ -112,10 +126,17 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
 
 
 class ResultsCallback(tune.Callback):
-    """Writes each finished trial to Parquet at once and prints one line for it."""
+    """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it."""
 
-    def __init__(self, plan: SearchPlan, width: int, *, echo: Callable[[str], None] = print) -> None:
-        self.plan, self.width, self.echo = plan, width, echo
+    def __init__(self, plan: SearchPlan, width: int, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
+        self.plan, self.width, self.tracker, self.echo = plan, width, tracker, echo
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.tracker.log_epochs(self._run(trial), result.get("history", []))
+
+    def _run(self, trial: Any) -> str:
+        return self.tracker.trial_run(trial.trial_id, width=self.width, lam=trial.config["lam"],
+                                      optuna_trial=trial.config.get("optuna_trial"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "completed" if (trial.last_result or {}).get(FINISHED) else "early_stopped")
@@ -129,6 +150,9 @@ class ResultsCallback(tune.Callback):
             return
         row, history = trial_row(trial, width=self.width, status=status, plan=self.plan)
         store.record(row, history)
+        run_id = self._run(trial)
+        self.tracker.log_epochs(run_id, history)
+        self.tracker.finish_trial(run_id, row)
         done = sum(1 for r in store.for_width(self.width))
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
                   f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
@@ -136,7 +160,7 @@ class ResultsCallback(tune.Callback):
                   f"{row['epochs_run']} epochs  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
-def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = print) -> None:
+def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[[str], None] = print) -> None:
     """Run (or, if its Tune experiment exists, resume) the study of one width."""
     base = plan.trial.replace(width=width).to_dict()
     del base["lam"]
@@ -162,9 +186,11 @@ def run_width(plan: SearchPlan, width: int, *, echo: Callable[[str], None] = pri
                 name=f"w{width}", storage_path=str(plan.tune_storage.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, width, echo=echo)],
+                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, width, tracker, echo=echo)],
             ),
         )
     started = time.monotonic()
     tuner.fit()
+    best = best_trial(ResultsStore(plan.run_dir).for_width(width))
+    tracker.finish_width(width, best, Path(best["checkpoint"]) if best and best["checkpoint"] else None)
     echo(f"  w{width}: study done in {time.monotonic() - started:.0f}s")

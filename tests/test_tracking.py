@@ -1,0 +1,129 @@
+"""MLflow tracking of a search against a real `mlflow server`, through the client and the REST API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import run_command
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real tracking server on loopback with a sqlite backend and served artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tracked(server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracked")
+    result = run_command("tuner.search", "--widths", "1,2", "--trials", "2", "--epochs", str(EPOCHS),
+                         "--tracking-uri", server, "--out", "runs", "--name", "tracked", cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([experiment.experiment_id])
+    return client, experiment, runs, result
+
+
+def by_kind(runs, kind):
+    return [r for r in runs if r.data.tags.get("rwt.kind") == kind]
+
+
+def test_runs_nest_search_then_width_then_trial(tracked):
+    _, _, runs, _ = tracked
+    (search,) = by_kind(runs, "search")
+    widths = by_kind(runs, "width")
+    trials = by_kind(runs, "trial")
+    assert len(widths) == 2 and len(trials) == 4, "one run per width and per trial"
+    assert {w.data.tags["mlflow.parentRunId"] for w in widths} == {search.info.run_id}
+    width_ids = {w.data.params["width"]: w.info.run_id for w in widths}
+    for t in trials:
+        assert t.data.tags["mlflow.parentRunId"] == width_ids[t.data.params["width"]]
+    assert len({t.data.tags["ray_trial_id"] for t in trials}) == 4
+
+
+def test_trial_runs_hold_params_epoch_histories_final_metrics_and_tags(tracked):
+    client, _, runs, _ = tracked
+    for t in by_kind(runs, "trial"):
+        params = t.data.params
+        assert {"width", "lam", "method", "epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size",
+                "epochs", "seed", "preset", "model", "dataset", "batch_size", "lr", "momentum",
+                "weight_decay"} <= set(params)
+        assert params["method"] == "trades" and params["epochs"] == str(EPOCHS)
+        for key in ("val_robust_acc", "val_natural_acc", "val_stability", "val_lipschitz", "train_natural_loss",
+                    "train_regularizer", "lr", "epoch_seconds"):
+            history = client.get_metric_history(t.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
+        assert {"selected_val_robust_acc", "test_robust_acc", "test_natural_acc", "test_stability"} <= set(t.data.metrics)
+        assert t.data.tags["status"] == "completed" and t.info.status == "FINISHED"
+        assert t.data.tags["node"] and t.data.tags["optuna_trial"] in ("0", "1")
+
+
+def test_artifacts_parquet_on_search_run_and_best_checkpoint_on_width_runs(tracked):
+    client, _, runs, _ = tracked
+    (search,) = by_kind(runs, "search")
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} == {"trials.parquet", "epochs.parquet"}
+    for w in by_kind(runs, "width"):
+        assert [a.path for a in client.list_artifacts(w.info.run_id, "best_checkpoint")] == ["best_checkpoint/best.pt"]
+        assert "best_lam" in w.data.metrics
+
+
+def test_rest_api_sees_the_same_runs(server, tracked):
+    _, experiment, runs, _ = tracked
+    request = urllib.request.Request(
+        f"{server}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"experiment_ids": [experiment.experiment_id],
+                         "filter": "tags.`rwt.kind` = 'trial'", "max_results": 100}).encode())
+    body = json.loads(urllib.request.urlopen(request, timeout=10).read())
+    assert len(body["runs"]) == 4
+    for run in body["runs"]:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert tags["status"] == "completed" and "lam" in params and "width" in params
+
+
+def test_unreachable_tracking_server_stops_before_any_trial(tmp_path):
+    result = run_command("tuner.search", "--widths", "1", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                         "--out", "runs", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no MLflow tracking server answers" in result.stderr
+    assert not (tmp_path / "runs").exists()
