@@ -120,7 +120,8 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else None,
     }
     if status == "error":
-        error = trial.get_error() or ""
+        # the driver's local copy: the one in storage may not be synced yet
+        error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         row["error"] = (error.strip().splitlines() or ["unknown error"])[-1]
     return row, history
 
