@@ -61,7 +61,7 @@ def tracked(server, tmp_path_factory):
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("tracked")
     runs = client.search_runs([experiment.experiment_id])
-    return client, experiment, runs, result
+    return client, experiment, runs, tmp / "runs" / "tracked", result
 
 
 def by_kind(runs, kind):
@@ -69,7 +69,7 @@ def by_kind(runs, kind):
 
 
 def test_runs_nest_search_then_width_then_trial(tracked):
-    _, _, runs, _ = tracked
+    _, _, runs, _, _ = tracked
     (search,) = by_kind(runs, "search")
     widths = by_kind(runs, "width")
     trials = by_kind(runs, "trial")
@@ -82,7 +82,7 @@ def test_runs_nest_search_then_width_then_trial(tracked):
 
 
 def test_trial_runs_hold_params_epoch_histories_final_metrics_and_tags(tracked):
-    client, _, runs, _ = tracked
+    client, _, runs, _, _ = tracked
     for t in by_kind(runs, "trial"):
         params = t.data.params
         assert {"width", "lam", "method", "epsilon", "train_steps", "train_step_size", "eval_steps", "eval_step_size",
@@ -99,16 +99,19 @@ def test_trial_runs_hold_params_epoch_histories_final_metrics_and_tags(tracked):
 
 
 def test_artifacts_parquet_on_search_run_and_best_checkpoint_on_width_runs(tracked):
-    client, _, runs, _ = tracked
+    client, _, runs, _, _ = tracked
     (search,) = by_kind(runs, "search")
-    assert {a.path for a in client.list_artifacts(search.info.run_id)} == {"trials.parquet", "epochs.parquet"}
+    assert {a.path for a in client.list_artifacts(search.info.run_id)} == {
+        "trials.parquet", "epochs.parquet", "scaling.json", "lambda_vs_width.png", "tradeoff_vs_lambda.png",
+        "natural_vs_stability.png"}
+    assert {"fit_a", "fit_b"} <= set(search.data.metrics)
     for w in by_kind(runs, "width"):
         assert [a.path for a in client.list_artifacts(w.info.run_id, "best_checkpoint")] == ["best_checkpoint/best.pt"]
         assert "best_lam" in w.data.metrics
 
 
 def test_rest_api_sees_the_same_runs(server, tracked):
-    _, experiment, runs, _ = tracked
+    _, experiment, runs, _, _ = tracked
     request = urllib.request.Request(
         f"{server}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
         data=json.dumps({"experiment_ids": [experiment.experiment_id],
@@ -127,3 +130,11 @@ def test_unreachable_tracking_server_stops_before_any_trial(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no MLflow tracking server answers" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_search_ends_with_the_scaling_fit(tracked):
+    *_, run_dir, result = tracked
+    scaling = json.loads((run_dir / "scaling.json").read_text())
+    assert [w["width"] for w in scaling["per_width"]] == [1, 2]
+    assert scaling["exact_fit"] is True and scaling["b_ci"] is None, "two widths: the line is exact"
+    assert scaling["a"] > 0 and "scaling rule" in result.stdout

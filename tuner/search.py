@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuner import cli, tracking
+from tuner import cli, fit, tracking
 from tuner.core.errors import ConfigError
 from tuner.core.training import atomic_write_text, prepare
 from tuner.plan import SearchPlan, build_plan
@@ -41,6 +41,7 @@ def build_parser() -> cli.Parser:
                         "default sqlite:///mlflow.db in this directory)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go (default runs)")
     parser.add_argument("--name", help="run name (default <preset>-<date>-<time>); the run directory is OUT/NAME")
+    parser.add_argument("--predict", help="widths to recommend λ for from the fitted scaling rule, e.g. 15,20")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run --name (default: the newest run in --out)")
     add_trial_arguments(parser)
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         args, argv = resume_arguments(args)
     plan = make_plan(args)
+    predict = [] if args.predict is None else fit.parse_predict(args.predict)
     check_address(args.address)
     tracking_uri = tracking.resolve_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
@@ -80,8 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"width {width}: study {plan.study_name(width)}")
         run_width(plan, width, tracker=tracker)
     print_summary(plan, time.monotonic() - started, tracking_uri)
-    tracker.finish_search([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
+    tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
+    fit_scaling_rule(plan, tracker, predict)
+    tracker.finish_search()
     return 0
+
+
+def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[int]) -> None:
+    """The final stage: fit λ*(width), print the rule, log its files and coefficients to MLflow."""
+    try:
+        report = fit.fit_runs([plan.run_dir], predict=predict, seed=plan.seed)
+    except ConfigError as exc:  # e.g. a single width: the search itself succeeded
+        print(f"scaling rule: not fitted ({exc})")
+        return
+    print("\n".join(report.summary_lines()))
+    tracker.log_files(list(report.files.values()))
+    tracker.log_fit(a=report.scaling["a"], b=report.scaling["b"])
 
 
 def make_plan(args: Any) -> SearchPlan:

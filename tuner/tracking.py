@@ -139,10 +139,18 @@ class Tracker:
             self.client.log_artifact(run_id, str(checkpoint_dir / BEST), "best_checkpoint")
         self.client.set_terminated(run_id)
 
-    def finish_search(self, files: list[Path]) -> None:
+    def log_files(self, files: list[Path]) -> None:
+        """Artifacts of the search run (result tables, the scaling fit and its plots)."""
         for path in files:
             if path.exists():
                 self.client.log_artifact(self.search_run, str(path))
+
+    def log_fit(self, *, a: float, b: float) -> None:
+        """The scaling rule λ* = a·w^b as the search run's metrics `fit_a`, `fit_b`."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.search_run, metrics=[Metric("fit_a", a, now, 0), Metric("fit_b", b, now, 0)])
+
+    def finish_search(self) -> None:
         self.client.set_terminated(self.search_run)
 
     def _run(self, kind: str, key: str, *, run_name: str, parent: str | None, params: dict[str, Any],
