@@ -27,9 +27,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="rwt-bench-")))
     args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "tuner.search", "--widths", "1,4,10", "--out", str(args.out), "--name", "bench"]
     started = time.monotonic()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, cwd=args.out)  # MLflow's default store lands there too
     seconds = time.monotonic() - started
     rows = pq.read_table(args.out / "bench" / "trials.parquet").to_pylist()
     best = {w: max((r["val_robust_acc"] for r in rows if r["width"] == w and r["val_robust_acc"] is not None),

@@ -6,7 +6,7 @@ from torch import nn
 
 from models.registry import register_model
 
-BASE_CHANNELS = 8
+BASE_CHANNELS = 4
 
 
 @register_model("cnn")

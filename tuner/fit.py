@@ -465,8 +465,8 @@ class FitReport:
         """The rule, the per-width table, the model comparison and the predictions, for printing."""
         s, ci = self.scaling, _interval_text
         lines = [f"scaling rule λ* = a·w^b from {s['n_widths']} widths: a = {s['a']:.3g}{ci(s['a_ci'])}, "
-                 f"b = {s['b']:.3g}{ci(s['b_ci'])}" + (" (exact fit through two points, no intervals)"
-                                                        if s["exact_fit"] else " (95% bootstrap intervals)"),
+                 f"b = {s['b']:.3g}{ci(s['b_ci'])}" + (" (exact fit through two points, no intervals)" if s["exact_fit"]
+                                                        else " (95% bootstrap intervals)" if s["b_ci"] else ""),
                  f"{'width':>5} {'λ*':>8} {'95% interval':>18} {'val rob':>8}  used/early-stopped/failed  fit"]
         for o in s["per_width"]:
             interval = "-" if o["lam_star_ci"] is None else f"[{o['lam_star_ci'][0]:.3g}, {o['lam_star_ci'][1]:.3g}]"

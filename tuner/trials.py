@@ -182,7 +182,7 @@ def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[
             trainable,
             param_space={"lam": tune.loguniform(plan.lam_low, plan.lam_high)},
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
-                                        max_concurrent_trials=plan.concurrency),
+                                        max_concurrent_trials=plan.concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name=f"w{width}", storage_path=str(plan.tune_storage.resolve()), verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
