@@ -24,7 +24,7 @@ from torch import nn
 import models
 from tuner.core.config import TrialConfig
 from tuner.core.data import Dataset, batches, load_dataset
-from tuner.core.metrics import evaluate
+from tuner.core.metrics import Evaluation, evaluate
 from tuner.core.objectives import AttackSettings, get_objective
 
 CHECKPOINT_DIR = "checkpoint"
@@ -97,8 +97,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, config: TrialConfig,
-                    epoch: int, device: torch.device, *, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """One pass over this worker's shard of the training split; returns the epoch means."""
+                    epoch: int, device: torch.device) -> dict[str, float]:
+    """One pass over the training split; returns the epoch means of the loss terms."""
     objective = get_objective(config.method)
     attack = train_attack(config)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
@@ -106,7 +106,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Da
     model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for x, y in batches(data.train, config.batch_size, shuffle=True, generator=generator, augment=config.augment,
-                        rank=rank, world_size=world_size, device=device):
+                        device=device):
         value = objective(model, x, y, lam=config.lam, attack=attack)
         optimizer.zero_grad(set_to_none=True)
         value.loss.backward()
@@ -119,7 +119,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Da
     return {"train_natural_loss": natural / n, "train_regularizer": regularizer / n}
 
 
-def evaluate_split(model: nn.Module, split_name: str, data: Dataset, config: TrialConfig, device: torch.device):
+def evaluate_split(model: nn.Module, split_name: str, data: Dataset, config: TrialConfig,
+                   device: torch.device) -> Evaluation:
+    """Metrics on the "val" or "test" split, with attack random starts fixed by the trial's seed."""
     split = getattr(data, split_name)
     torch.manual_seed(epoch_seed(config.seed, -1))
     return evaluate(model, batches(split, config.eval_batch_size, device=device),
