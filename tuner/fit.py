@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from scipy import optimize
 
 from tuner import cli
 from tuner.core.errors import ConfigError
+from tuner.core.files import write_text_atomically
 from tuner.results import TRIALS_FILE
 
 SCALING_FILE = "scaling.json"
@@ -505,22 +505,12 @@ def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: 
     out_dir.mkdir(parents=True, exist_ok=True)
     scaling = {**fit.to_dict(), "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
     files = {SCALING_FILE: out_dir / SCALING_FILE}
-    write_atomically(files[SCALING_FILE], lambda tmp: tmp.write_text(json.dumps(scaling, indent=2) + "\n"))
+    write_text_atomically(files[SCALING_FILE], json.dumps(scaling, indent=2) + "\n")
     if plots:
         from tuner import plots as plotting  # matplotlib only when plotting
 
         files.update(plotting.write_plots(trials, fit, out_dir))
     return FitReport(scaling=scaling, files=files, fit=fit)
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """write(tmp) to a temporary file beside path, then rename it over path: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parse_predict(text: str) -> list[int]:

@@ -7,12 +7,13 @@ Ray trial id: a trial recorded again (a resume) replaces its earlier rows instea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from tuner.core.files import write_atomically
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -92,6 +93,4 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 def _write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp))

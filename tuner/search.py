@@ -17,7 +17,8 @@ from typing import Any
 
 from tuner import cli, fit, tracking
 from tuner.core.errors import ConfigError
-from tuner.core.training import atomic_write_text, prepare
+from tuner.core.files import write_text_atomically
+from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.results import EPOCHS_FILE, TRIALS_FILE, ResultsStore, best_trial
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
               f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
     print(plan.describe())
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan.run_dir / SEARCH_FILE, json.dumps({"argv": argv, "name": plan.name}, indent=2))
+    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps({"argv": argv, "name": plan.name}, indent=2))
 
     from tuner import cluster  # imports Ray: only once the input is known to be good
     from tuner.trials import run_width

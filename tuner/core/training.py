@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import nn
 import models
 from tuner.core.config import TrialConfig
 from tuner.core.data import Dataset, batches, load_dataset
+from tuner.core.files import write_atomically, write_text_atomically
 from tuner.core.metrics import Evaluation, evaluate
 from tuner.core.objectives import AttackSettings, get_objective
 
@@ -195,7 +195,7 @@ def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_di
         **test.as_dict("test"),
         "history": history,
     }
-    atomic_write_text(work_dir / METRICS, json.dumps(metrics, indent=2))
+    write_text_atomically(work_dir / METRICS, json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -214,12 +214,4 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
