@@ -65,7 +65,7 @@ from scipy import optimize
 from tuner import cli
 from tuner.core.errors import ConfigError
 from tuner.core.files import write_text_atomically
-from tuner.results import TRIALS_FILE
+from tuner.results import STATUSES, TRIALS_FILE
 
 SCALING_FILE = "scaling.json"
 REQUIRED_COLUMNS = ("width", "lam", "status", "val_robust_acc", "val_natural_acc", "val_stability")
@@ -439,7 +439,7 @@ def _fit_form(g: Callable[[np.ndarray], np.ndarray] | None, widths: np.ndarray, 
 def fit_trials(trials: Trials, *, predict: Sequence[int] = (), seed: int = 0, n_boot: int = N_BOOT) -> ScalingFit:
     """Per-width optima and the scaling rule from a pooled trial table; ConfigError when there is nothing to fit."""
     if not trials.usable.any():
-        counts = ", ".join(f"{int((trials.status == s).sum())} {s}" for s in ("completed", "early_stopped", "error"))
+        counts = ", ".join(f"{int((trials.status == s).sum())} {s}" for s in STATUSES)
         raise ConfigError(f"no usable trials ({len(trials.status)} trials: {counts}; the fit needs completed trials "
                           f"with a validation robust accuracy): check the search's errors and run it again")
     optima, notes = fit_widths(trials, n_boot=n_boot, seed=seed)

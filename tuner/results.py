@@ -18,6 +18,8 @@ from tuner.core.files import write_atomically
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STATUSES = ("completed", "early_stopped", "error")
+SELECTED_METRICS = ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz")  # at the selected epoch
+TEST_METRICS = ("test_natural_acc", "test_robust_acc", "test_stability")  # of the selected checkpoint
 
 TRIAL_SCHEMA = pa.schema([
     ("trial_id", pa.string()),
@@ -56,6 +58,8 @@ EPOCH_SCHEMA = pa.schema([
     ("val_stability", pa.float64()),
     ("val_lipschitz", pa.float64()),
 ])
+EPOCH_KEYS = ("trial_id", "width", "lam", "epoch")
+EPOCH_METRICS = tuple(name for name in EPOCH_SCHEMA.names if name not in EPOCH_KEYS)
 
 
 class ResultsStore:

@@ -21,7 +21,7 @@ from tuner.core.files import write_text_atomically
 from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
-from tuner.results import EPOCHS_FILE, TRIALS_FILE, ResultsStore, best_trial
+from tuner.results import EPOCHS_FILE, STATUSES, TRIALS_FILE, ResultsStore, best_trial
 
 SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
 
@@ -155,7 +155,7 @@ def print_summary(plan: SearchPlan, seconds: float, tracking_uri: str) -> None:
           f"{'test rob':>8} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
     for width in plan.widths:
         rows = store.for_width(width)
-        counts = "/".join(str(sum(r["status"] == s for r in rows)) for s in ("completed", "early_stopped", "error"))
+        counts = "/".join(str(sum(r["status"] == s for r in rows)) for s in STATUSES)
         best = best_trial(rows)
         if best is None:
             print(f"{width:>5} {'-':>8} {'(no completed trial)':>44}  {counts}")

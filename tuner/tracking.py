@@ -22,11 +22,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from tuner.core.errors import ConfigError
 from tuner.core.training import BEST
 from tuner.plan import SearchPlan
+from tuner.results import EPOCH_METRICS, SELECTED_METRICS, TEST_METRICS
 
-EPOCH_METRICS = ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz", "train_natural_loss",
-                 "train_regularizer", "lr", "epoch_seconds")
-SELECTED_METRICS = ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz")
-TEST_METRICS = ("test_natural_acc", "test_robust_acc", "test_stability")
 KIND, SEARCH, WIDTH, TRIAL_ID = "rwt.kind", "rwt.search", "rwt.width", "ray_trial_id"
 FINAL_STATUS = {"completed": RunStatus.FINISHED, "early_stopped": RunStatus.KILLED, "error": RunStatus.FAILED}
 

@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tuner.core.config import TrialConfig
 from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
 from tuner.plan import SearchPlan
-from tuner.results import ResultsStore, best_trial
+from tuner.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
 from tuner.tracking import Tracker
 
 METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
@@ -113,8 +113,8 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         "trial_id": trial.trial_id, "width": width, "lam": trial.config["lam"],
         "method": plan.trial.method, "seed": plan.trial.seed, "status": status,
         "epochs_run": len(history), "best_epoch": selected.get("epoch"),
-        **{k: selected.get(k) for k in ("val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz")},
-        **{k: summary.get(k) for k in ("test_natural_acc", "test_robust_acc", "test_stability")},
+        **{k: selected.get(k) for k in SELECTED_METRICS},
+        **{k: summary.get(k) for k in TEST_METRICS},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"),
         "optuna_trial": trial.config.get("optuna_trial"),
         "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else None,
