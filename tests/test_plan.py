@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from tuner.core.errors import ConfigError
-from tuner.plan import build_plan, parse_lam_range, parse_widths
-from tuner.presets import load_preset
+from tuner.plan import TrialResources, build_plan, parse_lam_range, parse_widths
+from tuner.presets import PAPER_PRESET, load_preset
 
 
-def plan(**search):
-    return build_plan(load_preset("quick"), name="t", out=Path("runs"), search_overrides=search, trial_overrides={})
+def plan(preset="quick", **search):
+    return build_plan(load_preset(preset), name="t", out=Path("runs"), search_overrides=search, trial_overrides={})
 
 
 def test_widths_are_sorted_unique_and_positive():
@@ -38,9 +38,36 @@ def test_flags_override_the_preset_and_the_base_trial_is_the_narrowest():
 
 @pytest.mark.parametrize("search, fragment", [
     ({"trials": 0}, "--trials"), ({"sampler": "cmaes"}, "--sampler"), ({"cpus_per_trial": 0}, "--cpus-per-trial"),
-    ({"gpus_per_trial": 1.5}, "whole number"), ({"initial_lams": "50"}, "--lam-start"),
-    ({"concurrency": 0}, "--concurrency"),
+    ({"gpus_per_trial": 1.5}, "--workers-per-trial 2"), ({"initial_lams": "50"}, "--lam-start"),
+    ({"concurrency": 0}, "--concurrency"), ({"workers_per_trial": 0}, "--workers-per-trial"),
+    ({"workers_per_trial": 3}, "--batch-size"), ({"workers_per_trial": 2, "gpus_per_trial": 1}, "one whole GPU"),
+    ({"resources": [{"min_width": 2, "workers": 1, "cpus": 1, "gpus": 0}]}, "width 1"),
+    ({"resources": [{"min_width": 1, "workers": "two", "cpus": 1, "gpus": 0}]}, "workers, cpus and gpus"),
 ])
 def test_invalid_settings_name_the_flag(search, fragment):
     with pytest.raises(ConfigError, match=fragment):
         plan(**search)
+
+
+def test_paper_preset_shares_gpus_for_narrow_widths_and_trains_wide_ones_data_parallel():
+    p = plan(PAPER_PRESET, widths="1,4,10,20")
+    assert p.resources == {1: TrialResources(1, 4, 0.5), 4: TrialResources(1, 4, 0.5),
+                           10: TrialResources(1, 4, 1), 20: TrialResources(4, 16, 4)}
+    assert p.resources[20].per_worker == {"CPU": 4, "GPU": 1}
+    described = [line.strip() for line in p.describe().splitlines()]
+    assert "w1: 1 worker, 4 CPU, 0.5 GPU (up to 2 trials per GPU) per trial" in described
+    assert "w20: 4 data-parallel workers × (4 CPU, 1 GPU) per trial" in described
+
+
+def test_resource_flags_override_every_width():
+    p = plan(PAPER_PRESET, widths="1,20", workers_per_trial=2, gpus_per_trial=2, cpus_per_trial=8)
+    assert set(p.resources.values()) == {TrialResources(2, 8, 2)}
+
+
+def test_concurrency_is_what_fits_on_the_cluster_within_the_cap():
+    p = plan(PAPER_PRESET, widths="1,10,20")
+    cluster = {"CPU": 64, "GPU": 8}
+    assert [p.concurrency_for(w, cluster) for w in (1, 10, 20)] == [16, 8, 2]
+    assert p.concurrency_for(20, {"CPU": 64, "GPU": 2}) == 1  # none fits yet: one waits for the autoscaler
+    assert plan(PAPER_PRESET, widths="1", concurrency=3).concurrency_for(1, cluster) == 3
+    assert plan(widths="1", workers_per_trial=2, cpus_per_trial=2).concurrency_for(1, {"CPU": 5}) == 2

@@ -15,15 +15,34 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 import optuna  # noqa: E402
 import ray  # noqa: E402
 
+from tuner.plan import SearchPlan  # noqa: E402
 
-def connect(address: str | None) -> None:
-    """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial."""
+
+def connect(address: str | None, *, tracking_uri: str) -> None:
+    """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial.
+
+    Every worker process of the search gets MLFLOW_TRACKING_URI, on every node (unless the job's
+    runtime env already sets it: Ray refuses two values for one variable).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    env_vars = {} if os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri else {"MLFLOW_TRACKING_URI": tracking_uri}
+    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": env_vars} if env_vars else None)
 
 
 def node_count() -> int:
     """Alive nodes of the Ray cluster the driver is connected to."""
     return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def describe_capacity(plan: SearchPlan) -> str:
+    """The cluster's resources and how many trials of each width run at once on it."""
+    total = ray.cluster_resources()
+    lines = [f"ray: {node_count()} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"]
+    for width, resources in plan.resources.items():
+        fits = resources.trials_at_once(total)
+        note = "" if fits else " (none fits yet: waiting for the cluster to grow)"
+        lines.append(f"  w{width}: up to {plan.concurrency_for(width, total)} trial(s) at once{note}")
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
 """What a search will run: widths, the λ range, trials, sampler, early stopping and resources.
 
 Built from a preset's `search` section and the command-line flags, and validated as a whole
-before anything is started or written.
+before anything is started or written. Resources are per trial and may depend on width: a
+preset's `resources` rows each hold from their `min_width` up to the next row's, and the
+`--workers-per-trial`, `--cpus-per-trial` and `--gpus-per-trial` flags override every row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,34 @@ from tuner.core.errors import ConfigError
 from tuner.presets import Preset
 
 SAMPLERS = ("tpe", "gp")
+RESOURCE_FLAGS = {"workers": "--workers-per-trial", "cpus": "--cpus-per-trial", "gpus": "--gpus-per-trial"}
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial reserves: `workers` data-parallel workers sharing `cpus` and `gpus` evenly."""
+
+    workers: int
+    cpus: float
+    gpus: float
+
+    @property
+    def per_worker(self) -> dict[str, float]:
+        """Ray resources of one worker."""
+        return {"CPU": self.cpus / self.workers, "GPU": self.gpus / self.workers}
+
+    def trials_at_once(self, cluster: dict[str, float]) -> int:
+        """How many such trials fit in `cluster` (Ray's resource totals) at once; 0 if none does now."""
+        return int(min(math.floor(cluster.get(key, 0.0) / need + 1e-9) for key, need in
+                       (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0))
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus:g} GPU" if self.gpus else ""
+        if self.workers == 1:
+            share = f" (up to {math.floor(1 / self.gpus + 1e-9)} trials per GPU)" if 0 < self.gpus < 1 else ""
+            return f"1 worker, {self.cpus:g} CPU{gpus}{share}"
+        cpus, gpus = self.per_worker["CPU"], self.per_worker["GPU"]
+        return f"{self.workers} data-parallel workers × ({cpus:g} CPU" + (f", {gpus:g} GPU)" if gpus else ")")
 
 
 @dataclass(frozen=True)
@@ -31,31 +61,44 @@ class SearchPlan:
     sampler: str
     grace_period: int
     reduction_factor: int
-    cpus_per_trial: float
-    gpus_per_trial: float
+    resources: dict[int, TrialResources]  # by width
     concurrency: int | None
     max_retries: int
     seed: int
     initial_lams: list[float]  # evaluated first (e.g. known defaults), then the sampler takes over
+    storage: str | None  # Ray Tune/Train storage root shared by all nodes (s3://… or a mounted path)
 
     @property
     def optuna_storage(self) -> Path:
         return self.run_dir / "optuna.journal"
 
     @property
-    def tune_storage(self) -> Path:
-        return self.run_dir / "ray"
+    def tune_storage(self) -> str:
+        """Where Tune and Train keep experiment state and checkpoints: STORAGE/NAME, else RUN_DIR/ray."""
+        return f"{self.storage.rstrip('/')}/{self.name}" if self.storage else str(self.run_dir / "ray")
 
     def study_name(self, width: int) -> str:
         return f"{self.name}-w{width}"
 
     def describe(self) -> str:
-        gpus = f", {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""
-        cap = f", at most {self.concurrency} at once" if self.concurrency else ""
-        return (f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
-                f"{self.trials} trials each over λ in [{self.lam_low:g}, {self.lam_high:g}] (log, {self.sampler}), "
-                f"{self.trial.method}, {self.trial.epochs} epochs, ASHA grace {self.grace_period} "
-                f"reduction {self.reduction_factor}; {self.cpus_per_trial:g} CPU{gpus} per trial{cap}")
+        """The plan in a few lines: the search, then the resources of a trial of each width."""
+        cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
+        lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
+                 f"{self.trials} trials each over λ in [{self.lam_low:g}, {self.lam_high:g}] (log, {self.sampler}), "
+                 f"{self.trial.method}, {self.trial.epochs} epochs, ASHA grace {self.grace_period} "
+                 f"reduction {self.reduction_factor}{cap}"]
+        lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
+        return "\n".join(lines)
+
+    def concurrency_for(self, width: int, cluster: dict[str, float]) -> int:
+        """Trials of `width` run at once on `cluster`: as many as fit, within --concurrency.
+
+        Capping at what fits keeps the trial drivers of data-parallel trials (which reserve no
+        resources themselves) from launching workers that can only wait; at least 1, for
+        clusters that are still growing.
+        """
+        fits = max(1, self.resources[width].trials_at_once(cluster))
+        return fits if self.concurrency is None else min(fits, self.concurrency)
 
 
 def parse_widths(text: str) -> list[int]:
@@ -89,13 +132,34 @@ def parse_lams(value: Any) -> list[float]:
         raise ConfigError(f"--lam-start takes comma-separated numbers like 6,18, got {value!r}") from None
 
 
+def parse_resources(rows: Any, widths: list[int], overrides: dict[str, Any]) -> dict[int, TrialResources]:
+    """Each width's resources from the preset's `resources` rows, with the flags' values (None = not given) applied."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError("a preset's search.resources must be a list of rows like "
+                          "{min_width: 1, workers: 1, cpus: 1, gpus: 0}")
+    rows = sorted(rows, key=lambda r: r.get("min_width", 1))
+    if rows[0].get("min_width", 1) > widths[0]:
+        raise ConfigError(f"search.resources starts at min_width {rows[0]['min_width']}: add a row for width {widths[0]}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    by_width = {}
+    for width in widths:
+        row = {**[r for r in rows if r.get("min_width", 1) <= width][-1], **given}
+        try:
+            by_width[width] = TrialResources(int(row["workers"]), float(row["cpus"]), float(row["gpus"]))
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"search.resources row {row} needs numbers for workers, cpus and gpus") from None
+    return by_width
+
+
 def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[str, Any],
                trial_overrides: dict[str, Any]) -> SearchPlan:
     """The preset's settings with the flags given (None = not given) applied, validated as a whole.
 
     The plan's base trial has the narrowest width and the lowest λ; each trial sets its own.
     """
-    values = {**preset.search, **{k: v for k, v in search_overrides.items() if v is not None}}
+    resource_flags = {k: search_overrides.get(f"{k}_per_trial") for k in RESOURCE_FLAGS}
+    values = {**preset.search, **{k: v for k, v in search_overrides.items()
+                                  if v is not None and not k.endswith("_per_trial")}}
     widths = values["widths"]
     widths = parse_widths(widths if isinstance(widths, str) else ",".join(map(str, widths)))
     low, high = parse_lam_range(values["lam_range"])
@@ -105,10 +169,10 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
         lam_high=high, trials=int(values["trials"]), sampler=str(values["sampler"]),
         # a trial shorter than the grace period is never stopped early
         grace_period=min(int(values["grace_period"]), trial.epochs), reduction_factor=int(values["reduction_factor"]),
-        cpus_per_trial=float(values["cpus_per_trial"]), gpus_per_trial=float(values["gpus_per_trial"]),
+        resources=parse_resources(values.get("resources"), widths, resource_flags),
         concurrency=None if values["concurrency"] is None else int(values["concurrency"]),
         max_retries=int(values["max_retries"]), seed=trial.seed,
-        initial_lams=parse_lams(values.get("initial_lams") or []),
+        initial_lams=parse_lams(values.get("initial_lams") or []), storage=values.get("storage"),
     )
     _validate(plan)
     return plan
@@ -120,10 +184,7 @@ def _validate(plan: SearchPlan) -> None:
         (plan.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, got {plan.sampler!r}"),
         (plan.grace_period >= 1, f"grace_period must be >= 1 epoch, got {plan.grace_period}"),
         (plan.reduction_factor >= 2, f"reduction_factor must be >= 2, got {plan.reduction_factor}"),
-        (plan.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {plan.cpus_per_trial:g}"),
-        (plan.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {plan.gpus_per_trial:g}"),
-        (plan.gpus_per_trial <= 1 or plan.gpus_per_trial.is_integer(),
-         f"--gpus-per-trial above 1 must be a whole number, got {plan.gpus_per_trial:g}"),
+        *(check for width, resources in plan.resources.items() for check in _resource_checks(width, resources, plan)),
         (plan.concurrency is None or plan.concurrency >= 1, f"--concurrency must be >= 1, got {plan.concurrency}"),
         (all(plan.lam_low <= lam <= plan.lam_high for lam in plan.initial_lams),
          f"--lam-start values must lie in the λ range [{plan.lam_low:g}, {plan.lam_high:g}]"),
@@ -135,3 +196,19 @@ def _validate(plan: SearchPlan) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _resource_checks(width: int, r: TrialResources, plan: SearchPlan) -> list[tuple[bool, str]]:
+    if r.workers < 1:
+        return [(False, f"{RESOURCE_FLAGS['workers']} must be >= 1, got {r.workers} (width {width})")]
+    gpus = r.per_worker["GPU"]
+    return [
+        (r.cpus > 0, f"{RESOURCE_FLAGS['cpus']} must be > 0, got {r.cpus:g} (width {width})"),
+        (r.gpus >= 0, f"{RESOURCE_FLAGS['gpus']} must be >= 0, got {r.gpus:g} (width {width})"),
+        (gpus <= 1, f"a worker trains on one GPU, got {r.gpus:g} GPUs for {r.workers} worker(s) (width {width}): "
+         f"pass --workers-per-trial {math.ceil(r.gpus)} for data-parallel training over {math.ceil(r.gpus)} GPUs"),
+        (r.workers == 1 or gpus in (0, 1), f"data-parallel workers take one whole GPU each, got {gpus:g} (width "
+         f"{width}: {r.gpus:g} GPUs over {r.workers} workers): pass --gpus-per-trial {r.workers} or 0"),
+        (plan.trial.batch_size % r.workers == 0, f"batch size {plan.trial.batch_size} does not split over "
+         f"{r.workers} workers (width {width}): pass a --batch-size divisible by {RESOURCE_FLAGS['workers']}"),
+    ]

@@ -39,8 +39,11 @@ TRIAL_SCHEMA = pa.schema([
     ("test_stability", pa.float64()),
     ("wall_seconds", pa.float64()),
     ("optuna_trial", pa.int32()),
-    ("node", pa.string()),
-    ("checkpoint", pa.string()),  # the trial's last Tune checkpoint; its best.pt is the selected epoch
+    ("node", pa.string()),  # Ray node ID (of rank 0 for a data-parallel trial)
+    ("node_ip", pa.string()),
+    ("started_at", pa.float64()),  # Unix time the trial (last) started, and of its last report
+    ("finished_at", pa.float64()),
+    ("checkpoint", pa.string()),  # the trial's last checkpoint (a path or URI); its best.pt is the selected epoch
     ("error", pa.string()),
 ])
 

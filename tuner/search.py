@@ -35,9 +35,14 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--lam-start", help="λ values to evaluate first, e.g. 6,18 (known good defaults)")
     parser.add_argument("--sampler", choices=["tpe", "gp"], help="Optuna sampler")
     parser.add_argument("--concurrency", type=int, help="at most this many trials at once")
-    parser.add_argument("--cpus-per-trial", type=float, help="CPUs reserved per trial")
-    parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU")
+    parser.add_argument("--workers-per-trial", type=int,
+                        help="data-parallel workers per trial (Ray Train; NCCL on GPUs, gloo on CPUs)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, split over its workers")
+    parser.add_argument("--gpus-per-trial", type=float,
+                        help="GPUs per trial; a fraction shares a GPU, N GPUs need --workers-per-trial N")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray, or RAY_ADDRESS)")
+    parser.add_argument("--storage", help="Ray Tune/Train storage shared by all nodes: s3://BUCKET/PREFIX or a "
+                        "path mounted on every node (default: OUT/NAME/ray, enough for one machine)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's "
                         "default sqlite:///mlflow.db in this directory)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go (default runs)")
@@ -73,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.trials import run_width
 
     started = time.monotonic()
-    cluster.connect(args.address)
+    cluster.connect(args.address, tracking_uri=tracking_uri)
+    print(cluster.describe_capacity(plan))
     if cluster.node_count() > 1 and tracking.is_local(tracking_uri):
         print(f"warning: MLflow store {tracking_uri} is local to the driver's node on a {cluster.node_count()}-node "
               f"cluster; run 'mlflow server' and pass --tracking-uri http://HOST:5000 so the runs outlive this node")
+    if cluster.node_count() > 1 and plan.storage is None:
+        print(f"warning: Tune storage {plan.tune_storage} is on the driver's node; on a cluster pass "
+              f"--storage s3://BUCKET/PREFIX or a path mounted on every node, so trials can resume anywhere")
     tracker = tracking.Tracker(tracking_uri, plan)
 
     for width in plan.widths:
@@ -106,7 +115,8 @@ def make_plan(args: Any) -> SearchPlan:
     search_overrides = {"widths": args.widths, "trials": args.trials, "lam_range": args.lam_range,
                         "initial_lams": args.lam_start,
                         "sampler": args.sampler, "concurrency": args.concurrency,
-                        "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+                        "workers_per_trial": args.workers_per_trial, "cpus_per_trial": args.cpus_per_trial,
+                        "gpus_per_trial": args.gpus_per_trial, "storage": args.storage}
     plan = build_plan(preset, name=args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}", out=args.out,
                       search_overrides=search_overrides, trial_overrides=trial_overrides(args))
     prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial

@@ -3,13 +3,12 @@
 Each width gets its own Optuna study (`<name>-w<width>`) in the run's journal file, driven by
 Ray Tune's OptunaSearch; ASHA stops weak trials on the epoch counter. A trial stopped early is
 told to Optuna as PRUNED (its per-epoch values stay as intermediate values), never as COMPLETE
-with a low-epoch value that would mislead the sampler.
+with a low-epoch value that would mislead the sampler. A trial of one worker trains in the Tune
+trial's own process; a trial of several runs them with Ray Train (`data_parallel`).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -21,49 +20,44 @@ import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.core.config import TrialConfig
-from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
-from tuner.plan import SearchPlan
+from tuner.core.training import select_epoch
+from tuner.data_parallel import run_data_parallel
+from tuner.plan import SearchPlan, TrialResources
+from tuner.reports import FINISHED, METRIC, OBJECTIVE, run_reported
 from tuner.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
 from tuner.tracking import Tracker
 
-METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
-OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
-FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
+# A data-parallel trial's Tune process only waits for its workers, which Ray Train places with
+# the trial's CPUs and GPUs: it reserves memory for itself, no CPU a worker could be waiting for.
+DATA_PARALLEL_DRIVER = {"cpu": 0, "memory": 512 * 2**20}
 
 
-def trial_function(config: dict[str, Any], *, base: dict[str, Any], recorded: frozenset[str] = frozenset()) -> None:
-    """One Tune trial: the core trial at `config["lam"]`, resuming from Tune's checkpoint if any.
+def trial_function(config: dict[str, Any], *, base: dict[str, Any], resources: TrialResources, storage: str,
+                   recorded: frozenset[str] = frozenset()) -> None:
+    """One Tune trial: the core trial at `config["lam"]`, resuming from its checkpoint if any.
 
     A trial already in the results (`recorded`) returns at once: the driver was killed after
     recording it but before Tune's experiment state said it had finished.
     """
-    if tune.get_context().get_trial_id() in recorded:
+    trial_id = tune.get_context().get_trial_id()
+    if trial_id in recorded:
         return
     trial = TrialConfig.from_dict({**base, "lam": config["lam"]})
-    prepared = prepare(trial)
-    work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
-    node = ray.util.get_node_ip_address()
-    try:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            checkpoint.to_directory(str(work_dir / CHECKPOINT_DIR))
+    started_at = time.time()
+    if resources.workers > 1:
+        run_data_parallel(trial, resources=resources, storage=storage, name=trial_id, started_at=started_at)
+        return
 
-        def report(epoch: EpochReport) -> None:
-            metrics: dict[str, Any] = {**epoch.record, "history": epoch.history, "node": node,
-                                       OBJECTIVE: select_epoch(epoch.history)["val_robust_acc"],
-                                       FINISHED: int(epoch.summary is not None)}
-            if epoch.summary is not None:
-                metrics["summary"] = {k: v for k, v in epoch.summary.items() if k != "history"}
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(epoch.checkpoint_dir)))
+    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-        run_trial(prepared, work_dir=work_dir, on_epoch=report, log=None)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    run_reported(trial, checkpoint=tune.get_checkpoint(), report=report, started_at=started_at)
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -115,9 +109,11 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         "epochs_run": len(history), "best_epoch": selected.get("epoch"),
         **{k: selected.get(k) for k in SELECTED_METRICS},
         **{k: summary.get(k) for k in TEST_METRICS},
-        "wall_seconds": result.get("time_total_s"), "node": result.get("node"),
+        "wall_seconds": result.get("time_total_s"), "node": result.get("node"), "node_ip": result.get("node_ip"),
+        "started_at": result.get("started_at"), "finished_at": result.get("reported_at"),
         "optuna_trial": trial.config.get("optuna_trial"),
-        "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else None,
+        # a data-parallel trial's checkpoints are its Train run's, named in its results
+        "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else result.get(CHECKPOINT_PATH_KEY),
     }
     if status == "error":
         # the driver's local copy: the one in storage may not be synced yet
@@ -166,11 +162,14 @@ def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[
     base = plan.trial.replace(width=width).to_dict()
     del base["lam"]
     recorded = frozenset(row["trial_id"] for row in ResultsStore(plan.run_dir).for_width(width))
-    trainable = tune.with_resources(tune.with_parameters(trial_function, base=base, recorded=recorded),
-                                    {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
-    experiment = plan.tune_storage / f"w{width}"
-    if tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    resources = plan.resources[width]
+    experiment = f"{plan.tune_storage}/w{width}"
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, base=base, resources=resources, storage=f"{experiment}-workers",
+                             recorded=recorded),
+        {"cpu": resources.cpus, "gpu": resources.gpus} if resources.workers == 1 else DATA_PARALLEL_DRIVER)
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     else:
         storage = JournalStorage(JournalFileBackend(str(plan.optuna_storage)))
         searcher = PrunedAwareOptunaSearch(metric=OBJECTIVE, mode="max", sampler=make_sampler(plan),
@@ -182,9 +181,10 @@ def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[
             trainable,
             param_space={"lam": tune.loguniform(plan.lam_low, plan.lam_high)},
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
-                                        max_concurrent_trials=plan.concurrency, reuse_actors=True),
+                                        max_concurrent_trials=plan.concurrency_for(width, ray.cluster_resources()),
+                                        reuse_actors=resources.workers == 1),  # a Train run's driver is not reusable
             run_config=tune.RunConfig(
-                name=f"w{width}", storage_path=str(plan.tune_storage.resolve()), verbose=0,
+                name=f"w{width}", storage_path=plan.tune_storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[JsonLoggerCallback(), ResultsCallback(plan, width, tracker, echo=echo)],
@@ -193,5 +193,9 @@ def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[
     started = time.monotonic()
     tuner.fit()
     best = best_trial(ResultsStore(plan.run_dir).for_width(width))
-    tracker.finish_width(width, best, Path(best["checkpoint"]) if best and best["checkpoint"] else None)
+    if best and best["checkpoint"]:
+        with tune.Checkpoint(best["checkpoint"]).as_directory() as checkpoint_dir:  # a local copy if in s3://…
+            tracker.finish_width(width, best, Path(checkpoint_dir))
+    else:
+        tracker.finish_width(width, best, None)
     echo(f"  w{width}: study done in {time.monotonic() - started:.0f}s")

@@ -61,20 +61,30 @@ def load_dataset(name: str, *, data_dir: str | None = None, download: bool = Fal
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-            augment: bool = False, rank: int = 0, world_size: int = 1,
+            augment: bool = False, rank: int = 0, world_size: int = 1, equal_shards: bool = False,
             device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of this worker's shard (every `world_size`-th example from `rank`).
 
+    Every worker must pass the same `generator` state: the shuffle is shared and the shards are
+    disjoint. With `equal_shards` (training) the last `len(split) % world_size` examples of the
+    order are left out, so that all workers take the same number of steps; without it the
+    shards cover the split exactly once (evaluation).
     With `augment`, each image is randomly cropped back to its size after zero padding of
-    `CROP_PADDING` pixels, and flipped horizontally with probability 1/2 (the CIFAR-10 augmentation).
+    `CROP_PADDING` pixels, and flipped horizontally with probability 1/2 (the CIFAR-10
+    augmentation), with random draws of each worker's own.
     """
     order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+    if equal_shards:
+        order = order[:len(order) - len(order) % world_size]
     order = order[rank::world_size]
+    crops = None
+    if augment and generator is not None:
+        crops = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x, y = split.images[idx], split.labels[idx]
         if augment:
-            x = random_crop_flip(x, CROP_PADDING, generator=generator)
+            x = random_crop_flip(x, CROP_PADDING, generator=crops)
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 

@@ -5,6 +5,9 @@
 - `pgd-at`: CE(f(x), y) + λ·(CE(f(x'), y) − CE(f(x), y)), x' from PGD on CE with a uniform
   random start; λ = 1 is Madry et al.'s PGD adversarial training. The difference is not
   clipped at 0 (the Wu et al. code clips it), so that λ = 1 is exactly CE on x'.
+
+`model` may be wrapped in DistributedDataParallel: the attack runs on the bare module, the
+loss through the wrapper, so only the training step synchronizes gradients.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.core.attacks import eval_mode, pgd_linf
+from tuner.core.distributed import bare
 from tuner.core.registry import Registry
 
 
@@ -58,9 +62,9 @@ def cross_entropy_to(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @register_objective("trades")
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, attack: AttackSettings) -> ObjectiveValue:
-    with torch.no_grad(), eval_mode(model):
-        clean_logits = model(x)
-    x_adv = pgd_linf(model, x, kl_to(clean_logits), epsilon=attack.epsilon, step_size=attack.step_size,
+    with torch.no_grad(), eval_mode(bare(model)):
+        clean_logits = bare(model)(x)
+    x_adv = pgd_linf(bare(model), x, kl_to(clean_logits), epsilon=attack.epsilon, step_size=attack.step_size,
                      steps=attack.steps, start="normal").x_adv
     logits = model(x)
     natural = F.cross_entropy(logits, y)
@@ -70,7 +74,7 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, at
 
 @register_objective("pgd-at")
 def pgd_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, attack: AttackSettings) -> ObjectiveValue:
-    x_adv = pgd_linf(model, x, cross_entropy_to(y), epsilon=attack.epsilon, step_size=attack.step_size,
+    x_adv = pgd_linf(bare(model), x, cross_entropy_to(y), epsilon=attack.epsilon, step_size=attack.step_size,
                      steps=attack.steps, start="uniform").x_adv
     natural = F.cross_entropy(model(x), y)
     adversarial = F.cross_entropy(model(x_adv), y)

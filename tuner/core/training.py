@@ -5,6 +5,10 @@ evaluated once, for the selected checkpoint only. `run_trial` resumes from the c
 its work directory, so a retried or resumed trial never repeats a finished epoch, and each
 epoch reseeds the random generators from (seed, epoch) so a resumed run matches an
 uninterrupted one.
+
+Inside a `torch.distributed` process group (see `distributed`) every worker runs `run_trial`:
+each trains and attacks on its own shard of the global batch, evaluation counts are summed over
+all workers, and rank 0 alone logs and writes checkpoints and metrics.json.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from torch import nn
 
 import models
 from tuner.core.config import TrialConfig
+from tuner.core import distributed
 from tuner.core.data import Dataset, batches, load_dataset
+from tuner.core.errors import ConfigError
 from tuner.core.files import write_atomically, write_text_atomically
-from tuner.core.metrics import Evaluation, evaluate
+from tuner.core.metrics import Evaluation, evaluation_counts
 from tuner.core.objectives import AttackSettings, get_objective
 
 CHECKPOINT_DIR = "checkpoint"
@@ -33,14 +39,13 @@ BEST = "best.pt"  # the model state of the selected epoch
 METRICS = "metrics.json"
 
 
-
 @dataclass(frozen=True)
 class EpochReport:
     """What a trial tells its caller after each epoch, once that epoch's checkpoint is on disk."""
 
     record: dict[str, float]  # this epoch's metrics
     history: list[dict[str, float]]  # every epoch so far, this one included
-    checkpoint_dir: Path
+    checkpoint_dir: Path | None  # None on workers other than rank 0, which write no checkpoint
     summary: dict[str, Any] | None  # the content of metrics.json, after the last epoch only
 
 
@@ -55,11 +60,16 @@ class Prepared:
     data: Dataset
     model: nn.Module
     device: torch.device
+    workers: distributed.Workers
 
 
 def prepare(config: TrialConfig) -> Prepared:
     """Load the data and build the model; raises ConfigError on bad input, writes nothing."""
     get_objective(config.method)
+    workers = distributed.current()
+    if config.batch_size % workers.world_size:
+        raise ConfigError(f"batch size {config.batch_size} does not split over {workers.world_size} workers: "
+                          f"pass a --batch-size divisible by --workers-per-trial")
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         val_fraction=config.val_fraction, split_seed=config.split_seed)
     device = resolve_device(config.device)
@@ -67,7 +77,7 @@ def prepare(config: TrialConfig) -> Prepared:
     normalize = None if config.normalize_mean is None else (config.normalize_mean, config.normalize_std)
     model = models.create_model(config.model, width=config.width, num_classes=data.num_classes,
                                 in_channels=data.in_channels, depth=config.depth, normalize=normalize)
-    return Prepared(config, data, model.to(device), device)
+    return Prepared(config, data, model.to(device), device, workers)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,40 +102,46 @@ def make_optimizer(model: nn.Module, config: TrialConfig) -> tuple[torch.optim.O
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return seed * 1_000_003 + epoch + 10_007 * rank
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, config: TrialConfig,
-                    epoch: int, device: torch.device) -> dict[str, float]:
-    """One pass over the training split; returns the epoch means of the loss terms."""
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: Prepared, epoch: int) -> dict[str, float]:
+    """One pass over the training split (this worker's shard); returns the epoch means of the loss terms."""
+    config, device, workers = prepared.config, prepared.device, prepared.workers
     objective = get_objective(config.method)
     attack = train_attack(config)
-    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-    torch.manual_seed(epoch_seed(config.seed, epoch))
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # the same shuffle on every worker
+    torch.manual_seed(epoch_seed(config.seed, epoch, workers.rank))  # attack starts of each worker's own
     model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for x, y in batches(data.train, config.batch_size, shuffle=True, generator=generator, augment=config.augment,
-                        device=device):
+    for x, y in batches(prepared.data.train, config.batch_size // workers.world_size, shuffle=True,
+                        generator=generator, augment=config.augment, rank=workers.rank,
+                        world_size=workers.world_size, equal_shards=True, device=device):
         value = objective(model, x, y, lam=config.lam, attack=attack)
         optimizer.zero_grad(set_to_none=True)
         value.loss.backward()
         optimizer.step()
         sums += torch.stack([torch.ones((), device=device), value.natural_loss, value.regularizer]).double() * len(y)
-    n, natural, regularizer = sums.tolist()
+    n, natural, regularizer = distributed.all_sum(sums).tolist()
     if not math.isfinite(natural + regularizer):
         raise FloatingPointError(f"training diverged at epoch {epoch} (loss {natural + regularizer}) with "
                                  f"λ={config.lam:g}, lr={config.lr:g}: lower λ's range or the learning rate")
     return {"train_natural_loss": natural / n, "train_regularizer": regularizer / n}
 
 
-def evaluate_split(model: nn.Module, split_name: str, data: Dataset, config: TrialConfig,
-                   device: torch.device) -> Evaluation:
-    """Metrics on the "val" or "test" split, with attack random starts fixed by the trial's seed."""
-    split = getattr(data, split_name)
-    torch.manual_seed(epoch_seed(config.seed, -1))
-    return evaluate(model, batches(split, config.eval_batch_size, device=device),
-                    eval_attack=eval_attack(config), probe_attack=train_attack(config))
+def evaluate_split(prepared: Prepared, split_name: str) -> Evaluation:
+    """Metrics of rank 0's model on the whole "val" or "test" split, with attack random starts fixed by the seed.
+
+    Each worker evaluates its shard; the counts are summed over workers, never their averages.
+    """
+    config, workers = prepared.config, prepared.workers
+    distributed.sync_from_main(prepared.model)
+    torch.manual_seed(epoch_seed(config.seed, -1, workers.rank))
+    shard = batches(getattr(prepared.data, split_name), config.eval_batch_size, rank=workers.rank,
+                    world_size=workers.world_size, device=prepared.device)
+    counts = evaluation_counts(prepared.model, shard, eval_attack=eval_attack(config), probe_attack=train_attack(config))
+    return Evaluation.from_counts(distributed.all_sum(counts))
 
 
 def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | None = None,
@@ -133,9 +149,11 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
     """Train for `config.epochs` epochs (resuming from `work_dir`), then test the selected checkpoint.
 
     Writes `work_dir/checkpoint/{last,best}.pt` every epoch and `work_dir/metrics.json` at the
-    end; returns the content of metrics.json.
+    end (rank 0 only); returns the content of metrics.json.
     """
-    config, data, model, device = prepared.config, prepared.data, prepared.model, prepared.device
+    config, model, main = prepared.config, prepared.model, prepared.workers.is_main
+    log = log if main else None
+    trained = distributed.for_training(model, prepared.device)
     ckpt_dir = Path(work_dir) / CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     optimizer, scheduler = make_optimizer(model, config)
@@ -154,22 +172,23 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         record: dict[str, float] = {"epoch": epoch, "lr": lr}
-        record.update(train_one_epoch(model, optimizer, data, config, epoch, device))
+        record.update(train_one_epoch(trained, optimizer, prepared, epoch))
         scheduler.step()
-        record.update(evaluate_split(model, "val", data, config, device).as_dict("val"))
+        record.update(evaluate_split(prepared, "val").as_dict("val"))
         record["epoch_seconds"] = time.perf_counter() - started
         best = max(history, key=lambda r: r["val_robust_acc"], default=None)
         history.append(record)
-        if best is None or record["val_robust_acc"] > best["val_robust_acc"]:
+        if main and (best is None or record["val_robust_acc"] > best["val_robust_acc"]):
             atomic_save({"epoch": epoch, "model": model.state_dict()}, ckpt_dir / BEST)
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
+        if main:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
         if log:
             log(format_epoch(record, config.epochs))
         if epoch == config.epochs:
             summary = finish_trial(prepared, history, work_dir=Path(work_dir))
         if on_epoch:
-            on_epoch(EpochReport(record, list(history), ckpt_dir, summary))
+            on_epoch(EpochReport(record, list(history), ckpt_dir if main else None, summary))
     if summary is None:  # resumed after the last epoch was checkpointed
         summary = finish_trial(prepared, history, work_dir=Path(work_dir))
     return summary
@@ -181,12 +200,12 @@ def select_epoch(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_dir: Path) -> dict[str, Any]:
-    """Evaluate the selected checkpoint on the test split and write metrics.json."""
+    """Evaluate the selected checkpoint on the test split and write metrics.json (rank 0's, on every worker)."""
     config = prepared.config
     selected = select_epoch(history)
-    best = load_checkpoint(work_dir / CHECKPOINT_DIR / BEST)
-    prepared.model.load_state_dict(best["model"])
-    test = evaluate_split(prepared.model, "test", prepared.data, config, prepared.device)
+    if prepared.workers.is_main:
+        prepared.model.load_state_dict(load_checkpoint(work_dir / CHECKPOINT_DIR / BEST)["model"])
+    test = evaluate_split(prepared, "test")
     metrics: dict[str, Any] = {
         "width": config.width, "lam": config.lam, "method": config.method, "seed": config.seed,
         "model": config.model, "dataset": config.dataset,
@@ -195,7 +214,8 @@ def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_di
         **test.as_dict("test"),
         "history": history,
     }
-    write_text_atomically(work_dir / METRICS, json.dumps(metrics, indent=2))
+    if prepared.workers.is_main:
+        write_text_atomically(work_dir / METRICS, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -1,0 +1,53 @@
+"""A core trial run on a Ray worker, reporting every epoch: the part shared by one-process and data-parallel trials.
+
+What a trial reports after each epoch is its epoch record plus the full history (so a resumed
+driver can rebuild the trial's epochs), where it ran, when, and — on its last epoch — the test
+metrics of the selected checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from tuner.core.config import TrialConfig
+from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
+
+METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
+OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
+FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
+
+# report(metrics, checkpoint_dir): hands one epoch to Tune or Train; checkpoint_dir is None off rank 0
+Report = Callable[[dict[str, Any], Path | None], None]
+
+
+def epoch_metrics(epoch: EpochReport, *, started_at: float) -> dict[str, Any]:
+    """The metrics reported for one epoch, with the node (Ray node ID and IP) it ran on."""
+    metrics: dict[str, Any] = {**epoch.record, "history": epoch.history,
+                               "node": ray.get_runtime_context().get_node_id(),
+                               "node_ip": ray.util.get_node_ip_address(),
+                               "started_at": started_at, "reported_at": time.time(),
+                               OBJECTIVE: select_epoch(epoch.history)[METRIC],
+                               FINISHED: int(epoch.summary is not None)}
+    if epoch.summary is not None:
+        metrics["summary"] = {k: v for k, v in epoch.summary.items() if k != "history"}
+    return metrics
+
+
+def run_reported(trial: TrialConfig, *, checkpoint: Any, report: Report, started_at: float) -> None:
+    """Run `trial` in a scratch directory, resuming from `checkpoint` (a Ray Checkpoint) if given."""
+    prepared = prepare(trial)
+    work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
+    try:
+        if checkpoint is not None:
+            checkpoint.to_directory(str(work_dir / CHECKPOINT_DIR))
+        run_trial(prepared, work_dir=work_dir, log=None,
+                  on_epoch=lambda epoch: report(epoch_metrics(epoch, started_at=started_at), epoch.checkpoint_dir))
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
