@@ -109,18 +109,22 @@ def max_overlap(rows: list[dict]) -> int:
 
 
 def test_trials_are_packed_by_the_presets_gpu_fractions(cluster, tmp_path):
-    """Width 1 takes half a GPU per trial, width 2 a whole one: 4, then 2, trials at once on 2 GPUs."""
+    """Width 1 takes half a GPU per trial, width 2 a whole one: 4, then 2, trials at once on 2 GPUs.
+
+    Ray never runs more than fit; that as many as fit ran together needs trials long enough to
+    overlap on 2 busy cores (4 epochs, about 4 times Tune's start-up of a trial).
+    """
     quick = load_preset("quick")
     resources = [{"min_width": 1, "workers": 1, "cpus": 0.25, "gpus": 0.5},
                  {"min_width": 2, "workers": 1, "cpus": 0.25, "gpus": 1}]
     (tmp_path / "gpus.yaml").write_text(yaml.safe_dump(
         {"trial": quick.trial, "search": {**quick.search, "resources": resources, "concurrency": None}}))
     result = run_command("tuner.search", "--preset", str(tmp_path / "gpus.yaml"), "--address", cluster.address,
-                         "--widths", "1,2", "--trials", "4", "--epochs", "2", "--out", "runs", "--name", "gpus",
+                         "--widths", "1,2", "--trials", "4", "--epochs", "4", "--out", "runs", "--name", "gpus",
                          cwd=tmp_path, env=cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ray: 2 node(s), 2 CPU, 2 GPU" in result.stdout
     assert "w1: up to 4 trial(s) at once" in result.stdout and "w2: up to 2 trial(s) at once" in result.stdout
     rows = pq.read_table(tmp_path / "runs" / "gpus" / "trials.parquet").to_pylist()
-    assert len(rows) == 8 and all(r["status"] == "completed" for r in rows)
+    assert len(rows) == 8 and all(r["status"] in ("completed", "early_stopped") for r in rows)
     assert [max_overlap([r for r in rows if r["width"] == w]) for w in (1, 2)] == [4, 2]

@@ -18,6 +18,17 @@ pytestmark = pytest.mark.slow
 EPOCHS = 3
 
 
+def registered_checkpoint(train_runs) -> bool:
+    """Whether a Train run has a checkpoint in its saved state, the one a restarted run resumes from."""
+    for snapshot in train_runs.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except json.JSONDecodeError:  # being written
+            pass
+    return False
+
+
 def test_a_two_worker_trial_resumes_from_its_checkpoint_after_the_driver_is_killed(tmp_path):
     out = tmp_path / "runs"
     args = ["--widths", "1", "--trials", "1", "--epochs", str(EPOCHS), "--workers-per-trial", "2",
@@ -27,9 +38,9 @@ def test_a_two_worker_trial_resumes_from_its_checkpoint_after_the_driver_is_kill
     train_runs = out / "dp" / "ray" / "w1-workers"
     try:
         deadline = time.monotonic() + 300
-        while not list(train_runs.glob("*/checkpoint_*")) and time.monotonic() < deadline and driver.poll() is None:
+        while not registered_checkpoint(train_runs) and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.2)
-        assert list(train_runs.glob("*/checkpoint_*")), "no checkpoint of the Train run before the driver ended"
+        assert registered_checkpoint(train_runs), "no checkpoint of the Train run before the driver ended"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver, its local Ray and the trial's workers, as in a crash
         planned = driver.communicate()[0]

@@ -42,7 +42,8 @@ def test_flags_override_the_preset_and_the_base_trial_is_the_narrowest():
     ({"concurrency": 0}, "--concurrency"), ({"workers_per_trial": 0}, "--workers-per-trial"),
     ({"workers_per_trial": 3}, "--batch-size"), ({"workers_per_trial": 2, "gpus_per_trial": 1}, "one whole GPU"),
     ({"resources": [{"min_width": 2, "workers": 1, "cpus": 1, "gpus": 0}]}, "width 1"),
-    ({"resources": [{"min_width": 1, "workers": "two", "cpus": 1, "gpus": 0}]}, "workers, cpus and gpus"),
+    ({"resources": [{"min_width": 1, "workers": "two", "cpus": 1, "gpus": 0}]}, "whole numbers"),
+    ({"resources": [{"min_width": 1, "workers": 1, "cpus": "many", "gpus": 0}]}, "workers, cpus and gpus"),
 ])
 def test_invalid_settings_name_the_flag(search, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -64,10 +65,25 @@ def test_resource_flags_override_every_width():
     assert set(p.resources.values()) == {TrialResources(2, 8, 2)}
 
 
-def test_concurrency_is_what_fits_on_the_cluster_within_the_cap():
+def test_concurrency_is_what_fits_and_data_parallel_trials_never_exceed_it():
     p = plan(PAPER_PRESET, widths="1,10,20")
     cluster = {"CPU": 64, "GPU": 8}
     assert [p.concurrency_for(w, cluster) for w in (1, 10, 20)] == [16, 8, 2]
     assert p.concurrency_for(20, {"CPU": 64, "GPU": 2}) == 1  # none fits yet: one waits for the autoscaler
-    assert plan(PAPER_PRESET, widths="1", concurrency=3).concurrency_for(1, cluster) == 3
+    capped = plan(PAPER_PRESET, widths="1,20", concurrency=3)
+    assert capped.concurrency_for(1, cluster) == 3 and capped.concurrency_for(20, cluster) == 2
+    # one-worker trials may exceed what fits now (an autoscaler grows for them), data-parallel ones not
+    assert plan(PAPER_PRESET, widths="1,20", concurrency=40).concurrency_for(1, cluster) == 40
     assert plan(widths="1", workers_per_trial=2, cpus_per_trial=2).concurrency_for(1, {"CPU": 5}) == 2
+
+
+def test_a_trial_that_can_never_run_on_this_machine_is_refused():
+    p = plan(PAPER_PRESET, widths="1,20")
+    p.check_fits({"CPU": 16, "GPU": 4})
+    with pytest.raises(ConfigError, match="width-20 trial needs 16 CPU and 4 GPU .*--gpus-per-trial"):
+        p.check_fits({"CPU": 16, "GPU": 1})
+
+
+def test_storage_paths_are_made_absolute_and_uris_kept():
+    assert plan(storage="shared/ray").tune_storage == str(Path("shared/ray").resolve() / "t")
+    assert plan(storage="s3://bucket/prefix/").tune_storage == "s3://bucket/prefix/t"

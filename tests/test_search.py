@@ -166,6 +166,8 @@ def test_resume_after_sigkill_finishes_with_each_trial_once(tmp_path):
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--address", "127.0.0.1:1"], "no Ray cluster answers at --address 127.0.0.1:1"),
     (["--resume"], "nothing to resume"),
+    (["--cpus-per-trial", "100000"], "needs 100000 CPU and 0 GPU but this machine has"),
+    (["--workers-per-trial", "3"], "--batch-size divisible by --workers-per-trial"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_run_directory(tmp_path, args, fragment):
     result = run_command("tuner.search", "--widths", "1", *args, "--out", str(tmp_path / "runs"), cwd=tmp_path)

@@ -21,13 +21,15 @@ from tuner.plan import SearchPlan  # noqa: E402
 def connect(address: str | None, *, tracking_uri: str) -> None:
     """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial.
 
-    Every worker process of the search gets MLFLOW_TRACKING_URI, on every node (unless the job's
-    runtime env already sets it: Ray refuses two values for one variable).
+    The driver alone logs to MLflow, but every process of the search gets MLFLOW_TRACKING_URI on
+    every node (for code of your own in a trial), unless it runs in a Ray job whose runtime env
+    sets it already: Ray refuses one variable from two places.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
-    env_vars = {} if os.environ.get("MLFLOW_TRACKING_URI") == tracking_uri else {"MLFLOW_TRACKING_URI": tracking_uri}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    env_vars = {} if in_job and "MLFLOW_TRACKING_URI" in os.environ else {"MLFLOW_TRACKING_URI": tracking_uri}
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env_vars} if env_vars else None)
 
@@ -42,7 +44,7 @@ def describe_capacity(plan: SearchPlan) -> str:
     total = ray.cluster_resources()
     lines = [f"ray: {node_count()} node(s), {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU"]
     for width, resources in plan.resources.items():
-        fits = resources.trials_at_once(total)
-        note = "" if fits else " (none fits yet: waiting for the cluster to grow)"
-        lines.append(f"  w{width}: up to {plan.concurrency_for(width, total)} trial(s) at once{note}")
+        at_once = plan.concurrency_for(width, total)
+        waiting = "" if resources.trials_at_once(total) else " (none fits yet: waiting for the cluster to grow)"
+        lines.append(f"  w{width}: up to {at_once} trial(s) at once{waiting}")
     return "\n".join(lines)

@@ -22,9 +22,8 @@ from tuner.reports import run_reported
 
 def worker_loop(config: dict[str, Any]) -> None:
     """One Train worker: the core trial on this worker's device, reporting every epoch (a barrier)."""
-    trial = TrialConfig.from_dict(config["trial"])
-    if trial.device == "auto":
-        trial = trial.replace(device=str(ray.train.torch.get_device()))
+    # this worker's GPU (Ray Train shares CUDA_VISIBLE_DEVICES among a node's workers), or the CPU
+    trial = TrialConfig.from_dict(config["trial"]).replace(device=str(ray.train.torch.get_device()))
 
     def report(metrics: dict[str, Any], checkpoint_dir: Any) -> None:
         checkpoint = None if checkpoint_dir is None else ray.train.Checkpoint.from_directory(str(checkpoint_dir))

@@ -91,14 +91,28 @@ class SearchPlan:
         return "\n".join(lines)
 
     def concurrency_for(self, width: int, cluster: dict[str, float]) -> int:
-        """Trials of `width` run at once on `cluster`: as many as fit, within --concurrency.
+        """Trials of `width` at once on `cluster` (Ray's resource totals when the width starts).
 
-        Capping at what fits keeps the trial drivers of data-parallel trials (which reserve no
-        resources themselves) from launching workers that can only wait; at least 1, for
-        clusters that are still growing.
+        Without --concurrency, as many as fit (at least 1, for a cluster still growing): Tune
+        with a searcher starts no more than it is told. One-worker trials may be given more with
+        --concurrency (Tune places them by their resources, and an autoscaler grows for them).
+        A data-parallel trial's driver reserves nothing itself, so those trials never exceed
+        what fits: drivers never launch workers that could only wait for a running trial's.
         """
-        fits = max(1, self.resources[width].trials_at_once(cluster))
-        return fits if self.concurrency is None else min(fits, self.concurrency)
+        resources = self.resources[width]
+        fits = max(1, resources.trials_at_once(cluster))
+        if self.concurrency is None:
+            return fits
+        return self.concurrency if resources.workers == 1 else min(fits, self.concurrency)
+
+    def check_fits(self, machine: dict[str, float]) -> None:
+        """Fail in one line if a trial of some width can never run on `machine` (a local Ray's resources)."""
+        for width, resources in self.resources.items():
+            if resources.trials_at_once(machine) == 0:
+                raise ConfigError(
+                    f"a width-{width} trial needs {resources.cpus:g} CPU and {resources.gpus:g} GPU but this machine "
+                    f"has {machine.get('CPU', 0):g} CPU and {machine.get('GPU', 0):g} GPU: lower --cpus-per-trial/"
+                    f"--gpus-per-trial, or pass --address of a cluster that has them")
 
 
 def parse_widths(text: str) -> list[int]:
@@ -137,6 +151,8 @@ def parse_resources(rows: Any, widths: list[int], overrides: dict[str, Any]) -> 
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ConfigError("a preset's search.resources must be a list of rows like "
                           "{min_width: 1, workers: 1, cpus: 1, gpus: 0}")
+    if not all(isinstance(r.get("min_width", 1), int) and isinstance(r.get("workers"), int) for r in rows):
+        raise ConfigError("search.resources rows need whole numbers for min_width and workers")
     rows = sorted(rows, key=lambda r: r.get("min_width", 1))
     if rows[0].get("min_width", 1) > widths[0]:
         raise ConfigError(f"search.resources starts at min_width {rows[0]['min_width']}: add a row for width {widths[0]}")
@@ -149,6 +165,13 @@ def parse_resources(rows: Any, widths: list[int], overrides: dict[str, Any]) -> 
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"search.resources row {row} needs numbers for workers, cpus and gpus") from None
     return by_width
+
+
+def resolve_storage(storage: str | None) -> str | None:
+    """A storage URI (s3://…, gs://…) as given; a path made absolute (Ray needs one, and a job's cwd is temporary)."""
+    if storage is None or "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
 
 
 def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[str, Any],
@@ -172,7 +195,7 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
         resources=parse_resources(values.get("resources"), widths, resource_flags),
         concurrency=None if values["concurrency"] is None else int(values["concurrency"]),
         max_retries=int(values["max_retries"]), seed=trial.seed,
-        initial_lams=parse_lams(values.get("initial_lams") or []), storage=values.get("storage"),
+        initial_lams=parse_lams(values.get("initial_lams") or []), storage=resolve_storage(values.get("storage")),
     )
     _validate(plan)
     return plan

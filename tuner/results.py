@@ -39,6 +39,7 @@ TRIAL_SCHEMA = pa.schema([
     ("test_stability", pa.float64()),
     ("wall_seconds", pa.float64()),
     ("optuna_trial", pa.int32()),
+    ("workers", pa.int32()),  # data-parallel workers of the trial
     ("node", pa.string()),  # Ray node ID (of rank 0 for a data-parallel trial)
     ("node_ip", pa.string()),
     ("started_at", pa.float64()),  # Unix time the trial (last) started, and of its last report

@@ -9,11 +9,14 @@ finishes) → per-width summary.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tuner import cli, fit, tracking
 from tuner.core.errors import ConfigError
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     check_address(args.address)
     tracking_uri = tracking.resolve_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
+    if starts_local_ray(args.address):
+        plan.check_fits({"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()})
     if not args.resume and plan.run_dir.exists():
         raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name")
 
@@ -84,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: MLflow store {tracking_uri} is local to the driver's node on a {cluster.node_count()}-node "
               f"cluster; run 'mlflow server' and pass --tracking-uri http://HOST:5000 so the runs outlive this node")
     if cluster.node_count() > 1 and plan.storage is None:
-        print(f"warning: Tune storage {plan.tune_storage} is on the driver's node; on a cluster pass "
-              f"--storage s3://BUCKET/PREFIX or a path mounted on every node, so trials can resume anywhere")
+        print(f"warning: Tune storage {plan.tune_storage} is a path on the driver's node: trials on other nodes "
+              f"fail at their first checkpoint unless it is mounted there too; pass --storage s3://BUCKET/PREFIX "
+              f"or a path mounted on every node")
     tracker = tracking.Tracker(tracking_uri, plan)
 
     for width in plan.widths:
@@ -142,6 +148,11 @@ def resume_arguments(args: Any) -> tuple[Any, list[str]]:
         argv += ["--address", args.address]
     print(f"resuming {run_dir}")
     return build_parser().parse_args(argv), stored["argv"]
+
+
+def starts_local_ray(address: str | None) -> bool:
+    """Whether the search starts a Ray for this machine rather than joining a cluster."""
+    return address in (None, "local") and "RAY_ADDRESS" not in os.environ
 
 
 def check_address(address: str | None) -> None:

@@ -10,6 +10,7 @@ trial's own process; a trial of several runs them with Ray Train (`data_parallel
 from __future__ import annotations
 
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -61,7 +63,14 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], resources: T
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells trials stopped before their last epoch as PRUNED, not COMPLETE."""
+    """OptunaSearch that tells trials stopped before their last epoch as PRUNED, not COMPLETE.
+
+    Intermediate values are reported at step = epoch: Tune's iteration counter starts again at 1
+    when a data-parallel trial (which has no Tune checkpoint) resumes.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result["epoch"]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stopped_early = not error and result is not None and not result.get(FINISHED)
@@ -70,7 +79,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             # value (Optuna ignores, with a warning, a step already reported).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+                self._ot_trials[trial_id].report(result[self.metric], result["epoch"])
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
     def restore(self, checkpoint_path: str) -> None:
@@ -111,15 +120,23 @@ def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple
         **{k: summary.get(k) for k in TEST_METRICS},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"), "node_ip": result.get("node_ip"),
         "started_at": result.get("started_at"), "finished_at": result.get("reported_at"),
-        "optuna_trial": trial.config.get("optuna_trial"),
-        # a data-parallel trial's checkpoints are its Train run's, named in its results
-        "checkpoint": trial.checkpoint.path if trial.checkpoint is not None else result.get(CHECKPOINT_PATH_KEY),
+        "optuna_trial": trial.config.get("optuna_trial"), "workers": plan.resources[width].workers,
+        "checkpoint": checkpoint_uri(trial, plan),
     }
     if status == "error":
         # the driver's local copy: the one in storage may not be synced yet
         error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         row["error"] = (error.strip().splitlines() or ["unknown error"])[-1]
     return row, history
+
+
+def checkpoint_uri(trial: Any, plan: SearchPlan) -> str | None:
+    """The trial's last checkpoint as a path or URI (Ray gives paths without the storage's s3:// scheme)."""
+    result = trial.last_result or {}
+    # a data-parallel trial's checkpoints are its Train run's, named in its results
+    path = trial.checkpoint.path if trial.checkpoint is not None else result.get(CHECKPOINT_PATH_KEY)
+    scheme = urllib.parse.urlparse(plan.tune_storage).scheme
+    return f"{scheme}://{path}" if path and scheme and "://" not in path else path
 
 
 class ResultsCallback(tune.Callback):

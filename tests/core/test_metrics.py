@@ -7,7 +7,7 @@ import torch
 
 import models
 from tuner.core.data import batches
-from tuner.core.metrics import evaluate
+from tuner.core.metrics import COUNTS, Evaluation, evaluate, evaluation_counts
 from tuner.core.objectives import AttackSettings
 
 
@@ -59,3 +59,12 @@ def test_counts_cover_every_example_once_whatever_the_batch_size(undefended, dig
     with torch.no_grad():
         expected = (undefended(digits.val.images).argmax(1) == digits.val.labels).float().mean().item()
     assert a.natural_acc == pytest.approx(expected)
+
+
+def test_an_empty_shard_counts_zero_and_an_empty_split_is_refused(undefended):
+    """A worker whose shard is empty still joins the sum; only the whole split being empty is an error."""
+    counts = evaluation_counts(undefended, iter([]), eval_attack=AttackSettings(0.0, 0.0, 1),
+                               probe_attack=AttackSettings(0.0, 0.0, 1))
+    assert counts.tolist() == [0.0] * len(COUNTS)
+    with pytest.raises(ValueError, match="empty split"):
+        Evaluation.from_counts(counts)

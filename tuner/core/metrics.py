@@ -37,6 +37,8 @@ class Evaluation:
     def from_counts(cls, counts: torch.Tensor) -> Evaluation:
         """From a tensor of the `COUNTS` sums (summed across workers when data-parallel)."""
         n, natural, robust, stable, lipschitz = counts.tolist()
+        if n == 0:
+            raise ValueError("cannot evaluate on an empty split")
         return cls(natural / n, robust / n, stable / n, lipschitz / n, int(n))
 
     def as_dict(self, prefix: str) -> dict[str, float]:
@@ -45,8 +47,8 @@ class Evaluation:
 
 def evaluation_counts(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                       eval_attack: AttackSettings, probe_attack: AttackSettings) -> torch.Tensor:
-    """Sums of `COUNTS` over `batches` (float64, on the model's device)."""
-    counts = None
+    """Sums of `COUNTS` over `batches` (float64, on the model's device; zeros for no batches, e.g. an empty shard)."""
+    counts = torch.zeros(len(COUNTS), dtype=torch.float64, device=next(model.parameters()).device)
     with eval_mode(model):
         for x, y in batches:
             with torch.no_grad():
@@ -66,9 +68,7 @@ def evaluation_counts(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
                 (adv_pred == clean_pred).sum().double(),
                 probe.max_grad_l1.sum().double(),
             ]).double()
-            counts = batch if counts is None else counts + batch
-    if counts is None:
-        raise ValueError("cannot evaluate on an empty split")
+            counts += batch
     return counts
 
 

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 import models
-from tuner.core.config import TrialConfig
 from tuner.core import distributed
+from tuner.core.config import TrialConfig
 from tuner.core.data import Dataset, batches, load_dataset
 from tuner.core.errors import ConfigError
 from tuner.core.files import write_atomically, write_text_atomically
@@ -166,6 +166,7 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         history = state["history"]
         if log and history:
             log(f"resuming after epoch {len(history)} from {ckpt_dir / LAST}")
+    distributed.check_same(len(history), "the epochs already trained", prepared.device)
 
     summary = None
     for epoch in range(len(history) + 1, config.epochs + 1):
