@@ -20,6 +20,7 @@ from tuner.core.config import TrialConfig
 from tuner.plan import TrialResources
 from tuner.reports import run_reported
 
+
 def worker_loop(config: dict[str, Any]) -> None:
     """One Train worker: the core trial on this worker's device, reporting every epoch (a barrier)."""
     # this worker's GPU (Ray Train shares CUDA_VISIBLE_DEVICES among a node's workers), or the CPU
