@@ -179,9 +179,9 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         record["epoch_seconds"] = time.perf_counter() - started
         best = max(history, key=lambda r: r["val_robust_acc"], default=None)
         history.append(record)
-        if main and (best is None or record["val_robust_acc"] > best["val_robust_acc"]):
-            atomic_save({"epoch": epoch, "model": model.state_dict()}, ckpt_dir / BEST)
-        if main:
+        if main:  # every worker holds rank 0's model; one copy is written
+            if best is None or record["val_robust_acc"] > best["val_robust_acc"]:
+                atomic_save({"epoch": epoch, "model": model.state_dict()}, ckpt_dir / BEST)
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
         if log:
