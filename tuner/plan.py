@@ -40,12 +40,13 @@ class TrialResources:
                        (("CPU", self.cpus), ("GPU", self.gpus)) if need > 0))
 
     def describe(self) -> str:
-        gpus = f", {self.gpus:g} GPU" if self.gpus else ""
         if self.workers == 1:
+            gpus = f", {self.gpus:g} GPU" if self.gpus else ""
             share = f" (up to {math.floor(1 / self.gpus + 1e-9)} trials per GPU)" if 0 < self.gpus < 1 else ""
             return f"1 worker, {self.cpus:g} CPU{gpus}{share}"
-        cpus, gpus = self.per_worker["CPU"], self.per_worker["GPU"]
-        return f"{self.workers} data-parallel workers × ({cpus:g} CPU" + (f", {gpus:g} GPU)" if gpus else ")")
+        worker = self.per_worker
+        gpus = f", {worker['GPU']:g} GPU" if worker["GPU"] else ""
+        return f"{self.workers} data-parallel workers × ({worker['CPU']:g} CPU{gpus})"
 
 
 @dataclass(frozen=True)
