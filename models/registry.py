@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from tuner.core.errors import ConfigError
-from tuner.core.registry import Registry
+from tuner.errors import ConfigError
+from tuner.registry import Registry
 
 # builder(*, width, num_classes, in_channels, depth) -> nn.Module
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")

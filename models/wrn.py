@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from models.registry import register_model
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 
 class BasicBlock(nn.Module):

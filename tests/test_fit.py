@@ -13,10 +13,11 @@ import pytest
 from matplotlib.image import imread
 
 from tests.helpers import assert_usage_error, run_command
-from tuner import plots
-from tuner.core.errors import ConfigError
-from tuner.fit import Trials, compare_forms, fit_runs, fit_trials, quadratic_optimum
-from tuner.results import TRIAL_SCHEMA
+from tuner.analysis import plots
+from tuner.errors import ConfigError
+from tuner.analysis.scaling import Trials, compare_forms, fit_trials, quadratic_optimum
+from tuner.fit import fit_runs
+from tuner.outputs.results import TRIAL_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 A, B = 3.0, 0.5  # the true rule λ*(w) = 3·w^0.5

@@ -1,9 +1,84 @@
-"""The science core runs on its own: no Ray, Optuna or MLflow behind `tuner.core` or `models`."""
+"""The architecture holds: layers import only downwards, no module imports itself in a circle,
+and the science core runs without Ray, Optuna or MLflow."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each unit may import units of a lower rank, and modules of its own unit; never a higher rank,
+# nor a sibling unit of the same rank.
+RANKS = {
+    "tuner.errors": 0, "tuner.files": 0, "tuner.registry": 0.5,
+    "models": 1,
+    "tuner.core": 2,
+    "tuner.presets": 3, "tuner.plan": 4, "tuner.cli": 3,
+    "tuner.outputs": 5,
+    "tuner.analysis": 6,
+    "tuner.orchestration": 7,
+    "tuner.train": 8, "tuner.fit": 8, "tuner.search": 9,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path: Path) -> set[str]:
+    """Every project module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] in ("tuner", "models")}
+
+
+def graph() -> dict[str, set[str]]:
+    paths = [p for package in ("tuner", "models") for p in (ROOT / package).rglob("*.py")]
+    modules = {module_name(p): p for p in paths}
+    return {name: {m for m in project_imports(path) if m in modules and m not in (name, "tuner")}
+            for name, path in modules.items()}
+
+
+def unit(module: str) -> str:
+    return max((u for u in RANKS if module == u or module.startswith(u + ".")), key=len)
+
+
+def test_every_module_belongs_to_a_layer():
+    assert [m for m in graph() if m != "tuner" and not any(m == u or m.startswith(u + ".") for u in RANKS)] == []
+
+
+def test_layers_import_only_downwards():
+    wrong = sorted(f"{a} imports {b}" for a, targets in graph().items() if a != "tuner" for b in targets
+                   if unit(a) != unit(b) and RANKS[unit(b)] >= RANKS[unit(a)])
+    assert wrong == []
+
+
+def test_no_import_circles():
+    edges = graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges[node]):
+            if state.get(target) == 1:
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
 
 
 def test_core_imports_no_orchestration_library():

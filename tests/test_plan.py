@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 from tuner.plan import TrialResources, build_plan, parse_lam_range, parse_widths
 from tuner.presets import PAPER_PRESET, load_preset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 from tuner.presets import list_presets, load_preset
 
 

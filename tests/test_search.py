@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from tests.helpers import assert_usage_error, run_command
 from tuner.presets import load_preset
-from tuner.results import EPOCH_SCHEMA, TRIAL_SCHEMA
+from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,13 @@
 """robust-width-tuner: choose the adversarial-training weight lambda for a network width.
 
-`tuner.core` is the science (data, attacks, objectives, metrics, the training loop) and runs on
-its own; the modules beside it (presets, the train and search commands) orchestrate it.
+Layers, each importing only the ones above it:
+
+- `tuner.errors`, `tuner.registry`, `tuner.files`: the foundation (no other project import);
+- `models`, `tuner.core`: the science (data, attacks, objectives, metrics, the training loop); no
+  Ray, Optuna or MLflow;
+- `tuner.presets`, `tuner.plan`: what to run;
+- `tuner.outputs`: Parquet tables and MLflow runs;
+- `tuner.analysis`: the scaling rule and its figures;
+- `tuner.orchestration`: Ray Tune trials driven by Optuna;
+- the commands `tuner.train`, `tuner.search`, `tuner.fit` (and `tuner.cli`, what they share).
 """

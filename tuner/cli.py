@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 USAGE_ERROR = 2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.core.config import TrialConfig
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 from tuner.presets import Preset
 
 SAMPLERS = ("tpe", "gp")

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tuner.core.config import TrialConfig
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 DEFAULT_PRESET = "quick"
 PAPER_PRESET = "cifar10-wrn34"

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
-from tuner import cli, fit, tracking
-from tuner.core.errors import ConfigError
-from tuner.core.files import write_text_atomically
+from tuner import cli, fit
+from tuner.errors import ConfigError
+from tuner.files import write_text_atomically
 from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
-from tuner.results import EPOCHS_FILE, STATUSES, TRIALS_FILE, ResultsStore, best_trial
+from tuner.outputs import tracking
+from tuner.outputs.results import EPOCHS_FILE, STATUSES, TRIALS_FILE, ResultsStore, best_trial
 
 SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
 
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps({"argv": argv, "name": plan.name}, indent=2))
 
-    from tuner import cluster  # imports Ray: only once the input is known to be good
-    from tuner.trials import run_width
+    from tuner.orchestration import cluster  # imports Ray: only once the input is known to be good
+    from tuner.orchestration.trials import run_width
 
     started = time.monotonic()
     cluster.connect(args.address, tracking_uri=tracking_uri)

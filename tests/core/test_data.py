@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import CIFAR10_SUBSET
 from tuner.core.data import batches, load_dataset, random_crop_flip
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 
 def test_digits_in_pixel_range_with_disjoint_fixed_splits(digits):

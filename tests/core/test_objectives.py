@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import models
 from tuner.core import objectives
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 from tuner.core.objectives import AttackSettings, get_objective, list_objectives
 
 ATTACK = AttackSettings(epsilon=0.1, step_size=0.03, steps=3)

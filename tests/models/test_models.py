@@ -7,7 +7,7 @@ import torch
 
 import models
 from models.registry import Normalized
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 
 def n_params(model):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 
 def parse_number(value: Any, *, name: str) -> float:

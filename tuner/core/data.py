@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tuner.core.errors import ConfigError
-from tuner.core.registry import Registry
+from tuner.errors import ConfigError
+from tuner.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import nn
 
 from tuner.core.attacks import eval_mode, pgd_linf
 from tuner.core.distributed import bare
-from tuner.core.registry import Registry
+from tuner.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ import models
 from tuner.core import distributed
 from tuner.core.config import TrialConfig
 from tuner.core.data import Dataset, batches, load_dataset
-from tuner.core.errors import ConfigError
-from tuner.core.files import write_atomically, write_text_atomically
+from tuner.errors import ConfigError
+from tuner.files import write_atomically, write_text_atomically
 from tuner.core.metrics import Evaluation, evaluation_counts
 from tuner.core.objectives import AttackSettings, get_objective
 

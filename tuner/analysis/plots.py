@@ -15,8 +15,8 @@ from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tuner.core.files import write_atomically
-from tuner.fit import ScalingFit, Trials
+from tuner.files import write_atomically
+from tuner.analysis.scaling import ScalingFit, Trials
 
 DPI = 100
 SIZES = {  # file name → (width, height) in inches; pixels = inches × DPI

@@ -1,4 +1,4 @@
-"""The one exception type for bad user input."""
+"""The one exception type for bad user input (the foundation: imports nothing of the project)."""
 
 
 class ConfigError(ValueError):

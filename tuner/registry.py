@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import optuna
 from optuna.storages import InMemoryStorage
 from ray import tune
 
-from tuner.trials import FINISHED, OBJECTIVE, PrunedAwareOptunaSearch
+from tuner.orchestration.trials import FINISHED, OBJECTIVE, PrunedAwareOptunaSearch
 
 
 def test_early_stopped_trials_are_told_as_pruned_and_finished_ones_as_complete():

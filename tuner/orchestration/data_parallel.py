@@ -18,7 +18,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from tuner.core.config import TrialConfig
 from tuner.plan import TrialResources
-from tuner.reports import run_reported
+from tuner.orchestration.worker import run_reported
 
 
 def worker_loop(config: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from tuner.results import EPOCH_SCHEMA, TRIAL_SCHEMA, ResultsStore
+from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA, ResultsStore
 
 
 def trial(trial_id, status="completed", lam=1.0):

@@ -29,11 +29,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tuner.core.config import TrialConfig
 from tuner.core.training import select_epoch
-from tuner.data_parallel import run_data_parallel
+from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.plan import SearchPlan, TrialResources
-from tuner.reports import FINISHED, METRIC, OBJECTIVE, run_reported
-from tuner.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
-from tuner.tracking import Tracker
+from tuner.orchestration.worker import FINISHED, METRIC, OBJECTIVE, run_reported
+from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
+from tuner.outputs.tracking import Tracker
 
 # A data-parallel trial's Tune process only waits for its workers, which Ray Train places with
 # the trial's CPUs and GPUs: it reserves memory for itself, no CPU a worker could be waiting for.

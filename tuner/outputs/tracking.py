@@ -19,10 +19,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from tuner.core.errors import ConfigError
+from tuner.errors import ConfigError
 from tuner.core.training import BEST
 from tuner.plan import SearchPlan
-from tuner.results import EPOCH_METRICS, SELECTED_METRICS, TEST_METRICS
+from tuner.outputs.results import EPOCH_METRICS, SELECTED_METRICS, TEST_METRICS
 
 KIND, SEARCH, WIDTH, TRIAL_ID = "rwt.kind", "rwt.search", "rwt.width", "ray_trial_id"
 FINAL_STATUS = {"completed": RunStatus.FINISHED, "early_stopped": RunStatus.KILLED, "error": RunStatus.FAILED}

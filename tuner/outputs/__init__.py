@@ -1,0 +1,1 @@
+"""What a search leaves behind: Parquet result tables and MLflow runs."""
