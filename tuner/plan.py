@@ -1,4 +1,4 @@
-"""What a search will run: widths, the λ range, trials, sampler, early stopping and resources.
+"""What a search will run: widths, the λ range, trials and seeds, sampler, early stopping and resources.
 
 Built from a preset's `search` section and the command-line flags, and validated as a whole
 before anything is started or written. Resources are per trial and may depend on width: a
@@ -18,6 +18,9 @@ from tuner.errors import ConfigError
 from tuner.presets import Preset
 
 SAMPLERS = ("tpe", "gp")
+# every key a preset's `search:` mapping may hold (an unknown one is a typo, refused by name)
+SEARCH_KEYS = ("widths", "lam_range", "trials", "seeds", "startup", "paired", "sampler", "grace_period",
+               "reduction_factor", "resources", "concurrency", "max_retries", "initial_lams", "storage")
 RESOURCE_FLAGS = {"workers": "--workers-per-trial", "cpus": "--cpus-per-trial", "gpus": "--gpus-per-trial"}
 
 
@@ -58,7 +61,10 @@ class SearchPlan:
     widths: list[int]
     lam_low: float
     lam_high: float
-    trials: int
+    trials: int  # distinct λ values per width
+    seeds: int  # replicate seeds per λ (a replicate is a trial of its own)
+    startup: int  # λ values spread evenly over the log range before the sampler adapts
+    paired: bool  # every width starts from the same λ values (a paired design across widths)
     sampler: str
     grace_period: int
     reduction_factor: int
@@ -78,16 +84,22 @@ class SearchPlan:
         """Where Tune and Train keep experiment state and checkpoints: STORAGE/NAME, else RUN_DIR/ray."""
         return f"{self.storage.rstrip('/')}/{self.name}" if self.storage else str(self.run_dir / "ray")
 
+    @property
+    def trials_per_width(self) -> int:
+        return self.trials * self.seeds
+
     def study_name(self, width: int) -> str:
         return f"{self.name}-w{width}"
 
     def describe(self) -> str:
         """The plan in a few lines: the search, then the resources of a trial of each width."""
         cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
+        seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
+        design = "paired start-up" if self.paired else "start-up"
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
-                 f"{self.trials} trials each over λ in [{self.lam_low:g}, {self.lam_high:g}] (log, {self.sampler}), "
-                 f"{self.trial.method}, {self.trial.epochs} epochs, ASHA grace {self.grace_period} "
-                 f"reduction {self.reduction_factor}{cap}"]
+                 f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {self.startup} "
+                 f"{design} values, then {self.sampler}), {self.trial.method}, {self.trial.epochs} epochs, "
+                 f"ASHA grace {self.grace_period} reduction {self.reduction_factor}{cap}"]
         lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
         return "\n".join(lines)
 
@@ -181,6 +193,10 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
 
     The plan's base trial has the narrowest width and the lowest λ; each trial sets its own.
     """
+    unknown = sorted(set(preset.search) - set(SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown search setting(s) {', '.join(unknown)} in preset {preset.name}; "
+                          f"known: {', '.join(SEARCH_KEYS)}")
     resource_flags = {k: search_overrides.get(f"{k}_per_trial") for k in RESOURCE_FLAGS}
     values = {**preset.search, **{k: v for k, v in search_overrides.items()
                                   if v is not None and not k.endswith("_per_trial")}}
@@ -188,15 +204,18 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     widths = parse_widths(widths if isinstance(widths, str) else ",".join(map(str, widths)))
     low, high = parse_lam_range(values["lam_range"])
     trial = preset.trial_config(width=widths[0], lam=low, **trial_overrides)
+    initial_lams = parse_lams(values.get("initial_lams") or [])
     plan = SearchPlan(
         name=name, run_dir=Path(out).resolve() / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
-        lam_high=high, trials=int(values["trials"]), sampler=str(values["sampler"]),
+        lam_high=high, trials=int(values["trials"]), seeds=int(values.get("seeds") or 1),
+        startup=max(int(values.get("startup") or math.ceil(int(values["trials"]) / 2)), len(initial_lams)),
+        paired=bool(values.get("paired", False)), sampler=str(values["sampler"]),
         # a trial shorter than the grace period is never stopped early
         grace_period=min(int(values["grace_period"]), trial.epochs), reduction_factor=int(values["reduction_factor"]),
         resources=parse_resources(values.get("resources"), widths, resource_flags),
         concurrency=None if values["concurrency"] is None else int(values["concurrency"]),
         max_retries=int(values["max_retries"]), seed=trial.seed,
-        initial_lams=parse_lams(values.get("initial_lams") or []), storage=resolve_storage(values.get("storage")),
+        initial_lams=initial_lams, storage=resolve_storage(values.get("storage")),
     )
     _validate(plan)
     return plan
@@ -213,6 +232,8 @@ def _validate(plan: SearchPlan) -> None:
         (all(plan.lam_low <= lam <= plan.lam_high for lam in plan.initial_lams),
          f"--lam-start values must lie in the λ range [{plan.lam_low:g}, {plan.lam_high:g}]"),
         (len(plan.initial_lams) <= plan.trials, "--lam-start gives more values than --trials"),
+        (plan.seeds >= 1, f"--seeds must be >= 1, got {plan.seeds}"),
+        (1 <= plan.startup <= plan.trials, f"startup must be between 1 and --trials ({plan.trials}), got {plan.startup}"),
         (plan.max_retries >= 0, f"max_retries must be >= 0, got {plan.max_retries}"),
         (plan.name and "/" not in plan.name and not plan.name.startswith("."),
          f"--name must be a plain folder name, got {plan.name!r}"),
