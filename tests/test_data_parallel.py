@@ -35,7 +35,7 @@ def test_a_two_worker_trial_resumes_from_its_checkpoint_after_the_driver_is_kill
             "--cpus-per-trial", "2", "--out", str(out), "--name", "dp"]
     driver = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    train_runs = out / "dp" / "ray" / "w1-workers"
+    train_runs = out / "dp" / "ray" / "workers"
     try:
         deadline = time.monotonic() + 300
         while not registered_checkpoint(train_runs) and time.monotonic() < deadline and driver.poll() is None:
@@ -58,7 +58,7 @@ def test_a_two_worker_trial_resumes_from_its_checkpoint_after_the_driver_is_kill
     assert sorted(epochs) == list(range(1, EPOCHS + 1))
 
     # Tune's log of the trial: its run after the kill started from the checkpoint, not from epoch 1
-    (log,) = (out / "dp" / "ray" / "w1").glob("trial_function_*/result.json")
+    (log,) = (out / "dp" / "ray" / "search").glob("w1-lam*/result.json")
     reports = [json.loads(line) for line in log.read_text().splitlines()]
     last_start = max(r["started_at"] for r in reports)
     assert last_start > time.time() - result_seconds - 5, "the trial was not run again after the kill"

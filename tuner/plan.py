@@ -24,6 +24,11 @@ SEARCH_KEYS = ("widths", "lam_range", "trials", "seeds", "startup", "paired", "s
 RESOURCE_FLAGS = {"workers": "--workers-per-trial", "cpus": "--cpus-per-trial", "gpus": "--gpus-per-trial"}
 
 
+def trial_name(width: int, lam: float, seed: int, trial_id: str) -> str:
+    """How a trial is named everywhere (Tune's folders, the Ray dashboard, MLflow): width, λ, seed and Ray trial id."""
+    return f"w{width}-lam{lam:.3g}-s{seed}-{trial_id}"
+
+
 @dataclass(frozen=True)
 class TrialResources:
     """What one trial reserves: `workers` data-parallel workers sharing `cpus` and `gpus` evenly."""
@@ -95,7 +100,7 @@ class SearchPlan:
         """The plan in a few lines: the search, then the resources of a trial of each width."""
         cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
         seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
-        design = "paired start-up" if self.paired else "start-up"
+        design = ("paired " if self.paired else "") + ("start-up value" if self.startup == 1 else "start-up values")
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
                  f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {self.startup} "
                  f"{design} values, then {self.sampler}), {self.trial.method}, {self.trial.epochs} epochs, "

@@ -2,7 +2,7 @@
 
     python -m tuner.search --widths 1,4,10 [--preset quick] [--trials N] [--resume] ...
 
-CLI → plan → trials (one study per width, smallest first) → results (Parquet, as each trial
+CLI → plan → trials (one Tune run, one Optuna study per width) → results (Parquet, as each trial
 finishes) → per-width summary.
 """
 
@@ -34,7 +34,8 @@ def build_parser() -> cli.Parser:
     parser = cli.Parser(prog="python -m tuner.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", help="comma-separated widths, e.g. 1,4,10 (default: the preset's)")
     parser.add_argument("--preset", help=f"preset name or YAML path (default {DEFAULT_PRESET}, the offline demo)")
-    parser.add_argument("--trials", type=int, help="trials (λ values) per width")
+    parser.add_argument("--trials", type=int, help="λ values per width")
+    parser.add_argument("--seeds", type=int, help="replicate seeds per λ (each a trial of its own; default 1)")
     parser.add_argument("--lam-range", help="LOW,HIGH of the log-uniform λ range")
     parser.add_argument("--lam-start", help="λ values to evaluate first, e.g. 6,18 (known good defaults)")
     parser.add_argument("--sampler", choices=["tpe", "gp"], help="Optuna sampler")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps({"argv": argv, "name": plan.name}, indent=2))
 
     from tuner.orchestration import cluster  # imports Ray: only once the input is known to be good
-    from tuner.orchestration.trials import run_width
+    from tuner.orchestration.trials import run_search
 
     started = time.monotonic()
     cluster.connect(args.address, tracking_uri=tracking_uri)
@@ -95,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
               f"or a path mounted on every node")
     tracker = tracking.Tracker(tracking_uri, plan)
 
-    for width in plan.widths:
-        print(f"width {width}: study {plan.study_name(width)}")
-        run_width(plan, width, tracker=tracker)
+    print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
+    run_search(plan, tracker=tracker)
     print_summary(plan, time.monotonic() - started, tracking_uri)
     tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
     fit_scaling_rule(plan, tracker, predict)
@@ -119,7 +119,7 @@ def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[
 
 def make_plan(args: Any) -> SearchPlan:
     preset = load_preset(args.preset or DEFAULT_PRESET)
-    search_overrides = {"widths": args.widths, "trials": args.trials, "lam_range": args.lam_range,
+    search_overrides = {"widths": args.widths, "trials": args.trials, "seeds": args.seeds, "lam_range": args.lam_range,
                         "initial_lams": args.lam_start,
                         "sampler": args.sampler, "concurrency": args.concurrency,
                         "workers_per_trial": args.workers_per_trial, "cpus_per_trial": args.cpus_per_trial,

@@ -7,6 +7,7 @@ lives inside the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,14 @@ register_dataset = DATASETS.register
 list_datasets = DATASETS.names
 
 
+@functools.lru_cache(maxsize=2)
 def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False,
                  val_fraction: float, split_seed: int) -> Dataset:
-    """Load `name` and carve a validation split of `val_fraction` of train with `split_seed`."""
+    """Load `name` and carve a validation split of `val_fraction` of train with `split_seed`.
+
+    Cached: a process that runs trial after trial (a reused Ray worker) loads each dataset once.
+    The tensors are shared, so nothing may write into them (batches are copies).
+    """
     train, test, num_classes = DATASETS.get(name)(data_dir=data_dir, download=download)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))
     n_val = max(1, round(val_fraction * len(train)))

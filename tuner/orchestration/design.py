@@ -89,7 +89,7 @@ class Budget:
         seed = self.study_seed(width)
         if self.sampler == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=2, warn_independent_sampling=False)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
 
     def rungs(self) -> Rungs:
         return Rungs(grace_period=self.grace_period, reduction_factor=self.reduction_factor, epochs=self.epochs)
@@ -140,12 +140,28 @@ class Proposer:
 
     `studies` maps width → an Optuna study (journal storage in a search, in-memory in a
     simulation). Trials asked and not yet told are kept as live Optuna trials by (width, number).
+    Trials marked `orphaned` (asked by a driver that died before any trial ran them) do not count.
     """
 
     def __init__(self, budget: Budget, studies: dict[int, optuna.Study]) -> None:
         self.budget, self.studies = budget, studies
-        self.asked = {width: len(study.trials) for width, study in studies.items()}
+        self.asked = {width: len(self._counted(width)) for width in studies}
         self.live: dict[tuple[int, int], optuna.Trial] = {}
+
+    def _counted(self, width: int) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.studies[width].get_trials(deepcopy=False) if not t.user_attrs.get("orphaned")]
+
+    def adopt(self, proposal: Proposal) -> None:
+        """Take back a trial asked before a resume, still to be reported and told."""
+        frozen = self.studies[proposal.width].get_trials(deepcopy=False)[proposal.number]
+        self.live[(proposal.width, proposal.number)] = optuna.Trial(self.studies[proposal.width], frozen._trial_id)
+
+    def orphan(self, width: int, number: int) -> None:
+        """Close a trial that no one will run as FAIL, marked `orphaned` so it does not count against the budget."""
+        frozen = self.studies[width].get_trials(deepcopy=False)[number]
+        optuna.Trial(self.studies[width], frozen._trial_id).set_user_attr("orphaned", True)
+        self.studies[width].tell(number, state=TrialState.FAIL)
+        self.asked[width] -= 1
 
     def remaining(self, width: int) -> int:
         return self.budget.trials_per_width - self.asked[width]
@@ -165,7 +181,7 @@ class Proposer:
         startup = budget.startup_lams(width)
         lam = startup[index] if index < len(startup) else None
         if replicate > 0:  # the λ of this index's first replicate, whatever chose it
-            lam = next(t.params["lam"] for t in study.get_trials(deepcopy=False)
+            lam = next(t.params["lam"] for t in self._counted(width)
                        if t.user_attrs.get("lam_index") == index and t.user_attrs.get("replicate") == 0)
         if lam is not None:
             study.enqueue_trial({"lam": lam})
@@ -181,13 +197,14 @@ class Proposer:
     def report(self, proposal: Proposal, epoch: int, value: float) -> None:
         """An epoch's value (the best-so-far validation robust accuracy) as the trial's intermediate value."""
         trial = self.live.get((proposal.width, proposal.number))
-        if trial is not None and epoch not in trial.storage.get_trial(trial._trial_id).intermediate_values:
+        if trial is not None and epoch not in self.studies[proposal.width].get_trials(
+                deepcopy=False)[proposal.number].intermediate_values:
             trial.report(value, epoch)
 
     def tell(self, proposal: Proposal, state: TrialState, value: float | None = None) -> None:
         """Close the trial: COMPLETE with its selected value, PRUNED when stopped early, FAIL on an error."""
         self.live.pop((proposal.width, proposal.number), None)
         study = self.studies[proposal.width]
-        if study.trials[proposal.number].state.is_finished():
+        if study.get_trials(deepcopy=False)[proposal.number].state.is_finished():
             return
         study.tell(proposal.number, value if state == TrialState.COMPLETE else None, state=state)

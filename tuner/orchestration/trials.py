@@ -1,17 +1,22 @@
-"""The Ray Tune side of a search: the trainable that runs one core trial, and one Tuner per width.
+"""The Ray Tune side of a search: one Tune run for every width, with its searcher, scheduler and trainable.
 
-Each width gets its own Optuna study (`<name>-w<width>`) in the run's journal file, driven by
-Ray Tune's OptunaSearch; ASHA stops weak trials on the epoch counter. A trial stopped early is
-told to Optuna as PRUNED (its per-epoch values stay as intermediate values), never as COMPLETE
-with a low-epoch value that would mislead the sampler. A trial of one worker trains in the Tune
-trial's own process; a trial of several runs them with Ray Train (`data_parallel`).
+One Tuner runs the whole search, so trial workers (and the data and imports they hold) are reused
+across widths and no width waits for another to start. Its searcher hands each new trial to a
+width and asks that width's Optuna study (`<name>-w<width>`, in the run's journal file) for λ,
+following the budget design of `tuner.orchestration.design`; its scheduler applies ASHA's rule
+within each width. A trial stopped early is told to Optuna as PRUNED (its per-epoch values stay
+as intermediate values), never as COMPLETE with a low-epoch value that would mislead the sampler.
+A trial of one worker trains in the Tune trial's own process; a trial of several runs them with
+Ray Train (`data_parallel`).
 """
 
 from __future__ import annotations
 
+import pickle
 import time
 import urllib.parse
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,29 +25,32 @@ import optuna
 import ray
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray import tune
+from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.logger import JsonLoggerCallback
-from ray.tune.result import TRAINING_ITERATION
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
 from tuner.core.config import TrialConfig
 from tuner.core.training import select_epoch
 from tuner.orchestration.data_parallel import run_data_parallel
-from tuner.plan import SearchPlan, TrialResources
+from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
 from tuner.orchestration.worker import FINISHED, METRIC, OBJECTIVE, run_reported
 from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
+from tuner.plan import SearchPlan, TrialResources, trial_name
 
+EXPERIMENT = "search"  # the Tune experiment's folder under the plan's Tune storage
 # A data-parallel trial's Tune process only waits for its workers, which Ray Train places with
 # the trial's CPUs and GPUs: it reserves memory for itself, no CPU a worker could be waiting for.
 DATA_PARALLEL_DRIVER = {"cpu": 0, "memory": 512 * 2**20}
 
 
-def trial_function(config: dict[str, Any], *, base: dict[str, Any], resources: TrialResources, storage: str,
-                   recorded: frozenset[str] = frozenset()) -> None:
-    """One Tune trial: the core trial at `config["lam"]`, resuming from its checkpoint if any.
+def trial_function(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], resources: dict[int, TrialResources],
+                   storage: str, recorded: frozenset[str] = frozenset()) -> None:
+    """One Tune trial: the core trial of `config`'s width, λ and seed, resuming from its checkpoint if any.
 
     A trial already in the results (`recorded`) returns at once: the driver was killed after
     recording it but before Tune's experiment state said it had finished.
@@ -50,10 +58,11 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], resources: T
     trial_id = tune.get_context().get_trial_id()
     if trial_id in recorded:
         return
-    trial = TrialConfig.from_dict({**base, "lam": config["lam"]})
+    width = config["width"]
+    trial = TrialConfig.from_dict({**bases[width], "lam": config["lam"], "seed": config["seed"]})
     started_at = time.time()
-    if resources.workers > 1:
-        run_data_parallel(trial, resources=resources, storage=storage, name=trial_id, started_at=started_at)
+    if resources[width].workers > 1:
+        run_data_parallel(trial, resources=resources[width], storage=storage, name=trial_id, started_at=started_at)
         return
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -62,65 +71,146 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], resources: T
     run_reported(trial, checkpoint=tune.get_checkpoint(), report=report, started_at=started_at)
 
 
-class PrunedAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells trials stopped before their last epoch as PRUNED, not COMPLETE.
+class TrialRequest:
+    """What Tune reserves for a trial, by its width (a picklable function of the trial's config)."""
 
-    Intermediate values are reported at step = epoch: Tune's iteration counter starts again at 1
-    when a data-parallel trial (which has no Tune checkpoint) resumes.
+    def __init__(self, resources: dict[int, TrialResources]) -> None:
+        self.resources = resources
+
+    def __call__(self, config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        r = self.resources[config["width"]]
+        return resource_dict_to_pg_factory({"cpu": r.cpus, "gpu": r.gpus} if r.workers == 1 else DATA_PARALLEL_DRIVER)
+
+
+def tune_trial_name(trial: Any) -> str:
+    """Trial names (Tune's folders, the dashboard) that show width, λ and seed."""
+    config = trial.config
+    return trial_name(config["width"], config["lam"], config["seed"], trial.trial_id)
+
+
+class WidthSearcher(tune.search.Searcher):
+    """Every width's Optuna study behind one Tune searcher, spending the budget as `design.Proposer` says.
+
+    Trials asked and not yet told are `open`, by Tune trial id. Optuna trials carry the Tune trial
+    id, seed and replicate as user attributes, so the journal alone tells which trial is which.
     """
 
+    def __init__(self, budget: Budget, *, journal: Path, name: str, caps: dict[int, int]) -> None:
+        super().__init__(metric=OBJECTIVE, mode="max")
+        self.budget, self.journal, self.name, self.caps = budget, str(journal), name, caps
+        self.open: dict[str, Proposal] = {}
+        self._proposer: Proposer | None = None  # opened on first use: Tune pickles the searcher first
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_proposer": None}
+
+    @property
+    def proposer(self) -> Proposer:
+        if self._proposer is None:
+            storage = JournalStorage(JournalFileBackend(self.journal))
+            studies = {}
+            for width in self.budget.widths:
+                study = optuna.create_study(study_name=f"{self.name}-w{width}", storage=storage, direction="maximize",
+                                            sampler=self.budget.make_sampler(width), load_if_exists=True)
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what the dashboard shows
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([OBJECTIVE])
+                studies[width] = study
+            self._proposer = Proposer(self.budget, studies)
+        return self._proposer
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        proposer = self.proposer
+        width = proposer.next_width(Counter(p.width for p in self.open.values()), self.caps)
+        if width is None:
+            return Searcher.FINISHED if all(proposer.remaining(w) == 0 for w in self.budget.widths) else None
+        proposal = proposer.ask(width, ray_trial_id=trial_id)
+        self.open[trial_id] = proposal
+        return {"width": proposal.width, "lam": proposal.lam, "seed": proposal.seed,
+                "replicate": proposal.replicate, "optuna_trial": proposal.number}
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result["epoch"]})
+        if trial_id in self.open and OBJECTIVE in result:
+            self.proposer.report(self.open[trial_id], int(result["epoch"]), result[OBJECTIVE])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = not error and result is not None and not result.get(FINISHED)
-        if stopped_early and trial_id in self._ot_trials and self.metric in result:
-            # ASHA may stop a trial on a result the searcher never saw: keep it as an intermediate
-            # value (Optuna ignores, with a warning, a step already reported).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._ot_trials[trial_id].report(result[self.metric], result["epoch"])
-        super().on_trial_complete(trial_id, None if stopped_early else result, error)
+        proposal = self.open.pop(trial_id, None)
+        if proposal is None:
+            return
+        if error or result is None or OBJECTIVE not in result:
+            self.proposer.tell(proposal, TrialState.FAIL)
+            return
+        # ASHA may stop a trial on a result the searcher never saw: keep it as an intermediate value
+        self.proposer.report(proposal, int(result["epoch"]), result[OBJECTIVE])
+        if result.get(FINISHED):
+            self.proposer.tell(proposal, TrialState.COMPLETE, result[OBJECTIVE])
+        else:
+            self.proposer.tell(proposal, TrialState.PRUNED)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.open, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Restore, then close as FAIL the study's trials asked after this state was saved.
+        """Continue with the trials Tune's saved state knows; close as FAIL those asked after it was saved.
 
-        The journal records an ask at once, the searcher's state only at Tune's next snapshot:
-        a driver killed in between leaves RUNNING trials no one will finish or tell.
+        The journal records an ask at once, the searcher's state only at Tune's next snapshot: a
+        driver killed in between leaves RUNNING Optuna trials that no Tune trial will finish.
         """
-        super().restore(checkpoint_path)
-        known = {trial.number for trial in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if frozen.number not in known:
-                self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        return None if config is None else {**config, "optuna_trial": self._ot_trials[trial_id].number}
-
-
-def make_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
-    startup = min(10, max(2, plan.trials // 2))
-    if plan.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=startup)
-    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
+        with open(checkpoint_path, "rb") as file:
+            self.open = pickle.load(file)
+        self._proposer = None
+        proposer = self.proposer
+        known = {(p.width, p.number) for p in self.open.values()}
+        for width, study in proposer.studies.items():
+            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (width, frozen.number) not in known:
+                    proposer.orphan(width, frozen.number)
+        for proposal in self.open.values():
+            proposer.adopt(proposal)
 
 
-def trial_row(trial: Any, *, width: int, status: str, plan: SearchPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+class WidthASHA(FIFOScheduler):
+    """ASHA's early stopping within each width: a trial is only ever compared with trials of its own width."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__()
+        self.rungs: dict[int, Rungs] = {width: budget.rungs() for width in budget.widths}
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if METRIC not in result or "epoch" not in result:
+            return TrialScheduler.CONTINUE
+        stop = self.rungs[trial.config["width"]].should_stop(trial.trial_id, int(result["epoch"]), result[METRIC])
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.rungs, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.rungs = pickle.load(file)
+
+
+def trial_row(trial: Any, *, status: str, plan: SearchPlan) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A Tune trial's row for trials.parquet and its epoch rows for epochs.parquet."""
     result = trial.last_result or {}
     history = result.get("history", [])
     summary = result.get("summary", {})
     selected = select_epoch(history) if history else {}
+    config = trial.config
     row: dict[str, Any] = {
-        "trial_id": trial.trial_id, "width": width, "lam": trial.config["lam"],
-        "method": plan.trial.method, "seed": plan.trial.seed, "status": status,
+        "trial_id": trial.trial_id, "width": config["width"], "lam": config["lam"], "method": plan.trial.method,
+        "seed": config["seed"], "replicate": config["replicate"], "status": status,
         "epochs_run": len(history), "best_epoch": selected.get("epoch"),
         **{k: selected.get(k) for k in SELECTED_METRICS},
         **{k: summary.get(k) for k in TEST_METRICS},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"), "node_ip": result.get("node_ip"),
         "started_at": result.get("started_at"), "finished_at": result.get("reported_at"),
-        "optuna_trial": trial.config.get("optuna_trial"), "workers": plan.resources[width].workers,
+        "optuna_trial": config.get("optuna_trial"), "workers": plan.resources[config["width"]].workers,
         "checkpoint": checkpoint_uri(trial, plan),
     }
     if status == "error":
@@ -142,15 +232,16 @@ def checkpoint_uri(trial: Any, plan: SearchPlan) -> str | None:
 class ResultsCallback(tune.Callback):
     """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it."""
 
-    def __init__(self, plan: SearchPlan, width: int, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
-        self.plan, self.width, self.tracker, self.echo = plan, width, tracker, echo
+    def __init__(self, plan: SearchPlan, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
+        self.plan, self.tracker, self.echo = plan, tracker, echo
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.tracker.log_epochs(self._run(trial), result.get("history", []))
 
     def _run(self, trial: Any) -> str:
-        return self.tracker.trial_run(trial.trial_id, width=self.width, lam=trial.config["lam"],
-                                      optuna_trial=trial.config.get("optuna_trial"))
+        config = trial.config
+        return self.tracker.trial_run(trial.trial_id, width=config["width"], lam=config["lam"], seed=config["seed"],
+                                      replicate=config["replicate"], optuna_trial=config.get("optuna_trial"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "completed" if (trial.last_result or {}).get(FINISHED) else "early_stopped")
@@ -162,57 +253,56 @@ class ResultsCallback(tune.Callback):
         store = ResultsStore(self.plan.run_dir)
         if trial.trial_id in store.trials:  # recorded before a resume: its row stands
             return
-        row, history = trial_row(trial, width=self.width, status=status, plan=self.plan)
+        row, history = trial_row(trial, status=status, plan=self.plan)
         store.record(row, history)
         run_id = self._run(trial)
         self.tracker.log_epochs(run_id, history)
         self.tracker.finish_trial(run_id, row)
-        done = sum(1 for r in store.for_width(self.width))
+        width = row["width"]
+        done = len(store.for_width(width))
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
                   f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
-        self.echo(f"  w{self.width} [{done}/{self.plan.trials}] λ={row['lam']:<8.3g} {status:<13} "
+        seed = f" seed {row['seed']}" if self.plan.seeds > 1 else ""
+        self.echo(f"  w{width} [{done}/{self.plan.trials_per_width}] λ={row['lam']:<8.3g}{seed} {status:<13} "
                   f"{row['epochs_run']} epochs  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
-def run_width(plan: SearchPlan, width: int, *, tracker: Tracker, echo: Callable[[str], None] = print) -> None:
-    """Run (or, if its Tune experiment exists, resume) the study of one width."""
-    base = plan.trial.replace(width=width).to_dict()
-    del base["lam"]
-    recorded = frozenset(row["trial_id"] for row in ResultsStore(plan.run_dir).for_width(width))
-    resources = plan.resources[width]
-    experiment = f"{plan.tune_storage}/w{width}"
+def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None] = print) -> None:
+    """Run (or, if its Tune experiment exists, resume) every width's study in one Tune run."""
+    experiment = f"{plan.tune_storage}/{EXPERIMENT}"
+    bases = {width: plan.trial.replace(width=width).to_dict() for width in plan.widths}
+    recorded = frozenset(ResultsStore(plan.run_dir).trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_function, base=base, resources=resources, storage=f"{experiment}-workers",
-                             recorded=recorded),
-        {"cpu": resources.cpus, "gpu": resources.gpus} if resources.workers == 1 else DATA_PARALLEL_DRIVER)
+        tune.with_parameters(trial_function, bases=bases, resources=plan.resources,
+                             storage=f"{plan.tune_storage}/workers", recorded=recorded),
+        TrialRequest(plan.resources))
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
     else:
-        storage = JournalStorage(JournalFileBackend(str(plan.optuna_storage)))
-        searcher = PrunedAwareOptunaSearch(metric=OBJECTIVE, mode="max", sampler=make_sampler(plan),
-                                           study_name=plan.study_name(width), storage=storage,
-                                           points_to_evaluate=[{"lam": lam} for lam in plan.initial_lams] or None)
-        scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=plan.trial.epochs,
-                                  grace_period=plan.grace_period, reduction_factor=plan.reduction_factor)
+        budget = Budget.of(plan)
+        caps = {width: plan.concurrency_for(width, ray.cluster_resources()) for width in plan.widths}
         tuner = tune.Tuner(
             trainable,
-            param_space={"lam": tune.loguniform(plan.lam_low, plan.lam_high)},
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.trials,
-                                        max_concurrent_trials=plan.concurrency_for(width, ray.cluster_resources()),
-                                        reuse_actors=resources.workers == 1),  # a Train run's driver is not reusable
+            tune_config=tune.TuneConfig(
+                search_alg=WidthSearcher(budget, journal=plan.optuna_storage, name=plan.name, caps=caps),
+                scheduler=WidthASHA(budget), num_samples=len(plan.widths) * plan.trials_per_width,
+                max_concurrent_trials=max(caps.values()),
+                # a Train run's driver is not reusable: actors are reused only when no trial is data-parallel
+                reuse_actors=all(r.workers == 1 for r in plan.resources.values()),
+                trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name),
             run_config=tune.RunConfig(
-                name=f"w{width}", storage_path=plan.tune_storage, verbose=0,
+                name=EXPERIMENT, storage_path=plan.tune_storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, width, tracker, echo=echo)],
+                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, tracker, echo=echo)],
             ),
         )
-    started = time.monotonic()
     tuner.fit()
-    best = best_trial(ResultsStore(plan.run_dir).for_width(width))
-    if best and best["checkpoint"]:
-        with tune.Checkpoint(best["checkpoint"]).as_directory() as checkpoint_dir:  # a local copy if in s3://…
-            tracker.finish_width(width, best, Path(checkpoint_dir))
-    else:
-        tracker.finish_width(width, best, None)
-    echo(f"  w{width}: study done in {time.monotonic() - started:.0f}s")
+    store = ResultsStore(plan.run_dir)
+    for width in plan.widths:
+        best = best_trial(store.for_width(width))
+        if best and best["checkpoint"]:
+            with tune.Checkpoint(best["checkpoint"]).as_directory() as checkpoint_dir:  # a local copy if in s3://…
+                tracker.finish_width(width, best, Path(checkpoint_dir))
+        else:
+            tracker.finish_width(width, best, None)

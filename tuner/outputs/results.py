@@ -27,6 +27,7 @@ TRIAL_SCHEMA = pa.schema([
     ("lam", pa.float64()),
     ("method", pa.string()),
     ("seed", pa.int64()),
+    ("replicate", pa.int32()),  # which of the λ's replicate seeds (0 .. seeds - 1)
     ("status", pa.string()),
     ("epochs_run", pa.int32()),
     ("best_epoch", pa.int32()),

@@ -21,7 +21,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tuner.errors import ConfigError
 from tuner.core.training import BEST
-from tuner.plan import SearchPlan
+from tuner.plan import SearchPlan, trial_name
 from tuner.outputs.results import EPOCH_METRICS, SELECTED_METRICS, TEST_METRICS
 
 KIND, SEARCH, WIDTH, TRIAL_ID = "rwt.kind", "rwt.search", "rwt.width", "ray_trial_id"
@@ -72,6 +72,7 @@ class Tracker:
             "search", plan.name, run_name=plan.name, parent=None,
             params={"preset": plan.preset, "widths": ",".join(map(str, plan.widths)), "trials": plan.trials,
                     "lam_low": plan.lam_low, "lam_high": plan.lam_high, "sampler": plan.sampler,
+                    "seeds": plan.seeds, "startup": plan.startup, "paired": plan.paired,
                     "method": trial.method, "epochs": trial.epochs, "seed": trial.seed},
         )
 
@@ -86,17 +87,18 @@ class Tracker:
         return self._run("width", str(width), run_name=f"{self.plan.name}-w{width}", parent=self.search_run,
                          params={"width": width}, tags={WIDTH: str(width)})
 
-    def trial_run(self, trial_id: str, *, width: int, lam: float, optuna_trial: int | None) -> str:
+    def trial_run(self, trial_id: str, *, width: int, lam: float, seed: int, replicate: int,
+                  optuna_trial: int | None) -> str:
         """The run of Ray trial `trial_id`, created with its params on first sight."""
         t = self.plan.trial
         params = {"width": width, "lam": lam, "method": t.method, "epsilon": t.epsilon, "train_steps": t.train_steps,
-                  "train_step_size": t.train_step_size, "eval_steps": t.eval_steps,
-                  "eval_step_size": t.eval_step_size, "epochs": t.epochs, "seed": t.seed, "preset": self.plan.preset,
+                  "train_step_size": t.train_step_size, "eval_steps": t.eval_steps, "eval_step_size": t.eval_step_size,
+                  "epochs": t.epochs, "seed": seed, "replicate": replicate, "preset": self.plan.preset,
                   "model": t.model, "depth": t.depth, "dataset": t.dataset, "batch_size": t.batch_size,
                   "optimizer": "sgd", "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
                   "lr_milestones": t.lr_milestones, "lr_gamma": t.lr_gamma}
         tags = {TRIAL_ID: trial_id, WIDTH: str(width), "optuna_trial": str(optuna_trial)}
-        return self._run("trial", trial_id, run_name=f"w{width}-lam{lam:.4g}-{trial_id}",
+        return self._run("trial", trial_id, run_name=trial_name(width, lam, seed, trial_id),
                          parent=self.width_run(width), params=params, tags=tags)
 
     def log_epochs(self, run_id: str, history: list[dict[str, float]]) -> None:
