@@ -9,6 +9,7 @@ from collections.abc import Callable
 from tuner.errors import ConfigError
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,5 +28,5 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         sys.exit(USAGE_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     sys.exit(code or 0)

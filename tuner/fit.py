@@ -68,6 +68,13 @@ def _interval_text(interval: Sequence[float] | None) -> str:
     return "" if interval is None else f" [{interval[0]:.3g}, {interval[1]:.3g}]"
 
 
+def output_files(out_dir: Path) -> list[Path]:
+    """The files `fit_runs` writes into `out_dir`: scaling.json and the figures."""
+    from tuner.analysis.plots import SIZES
+
+    return [Path(out_dir) / SCALING_FILE, *(Path(out_dir) / name for name in SIZES)]
+
+
 def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: Sequence[int] = (), seed: int = 0,
              n_boot: int = N_BOOT, plots: bool = True) -> FitReport:
     """Fit the scaling rule to the trials of these run directories and write scaling.json (+ plots) to out_dir.

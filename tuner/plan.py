@@ -103,7 +103,7 @@ class SearchPlan:
         design = ("paired " if self.paired else "") + ("start-up value" if self.startup == 1 else "start-up values")
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
                  f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {self.startup} "
-                 f"{design} values, then {self.sampler}), {self.trial.method}, {self.trial.epochs} epochs, "
+                 f"{design}, then {self.sampler}), {self.trial.method}, {self.trial.epochs} epochs, "
                  f"ASHA grace {self.grace_period} reduction {self.reduction_factor}{cap}"]
         lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
         return "\n".join(lines)
@@ -209,11 +209,15 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     widths = parse_widths(widths if isinstance(widths, str) else ",".join(map(str, widths)))
     low, high = parse_lam_range(values["lam_range"])
     trial = preset.trial_config(width=widths[0], lam=low, **trial_overrides)
+    if trial.data_dir:  # trials run in other working directories (and on other nodes): an absolute path
+        trial = trial.replace(data_dir=str(Path(trial.data_dir).expanduser().resolve()))
     initial_lams = parse_lams(values.get("initial_lams") or [])
     plan = SearchPlan(
         name=name, run_dir=Path(out).resolve() / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
         lam_high=high, trials=int(values["trials"]), seeds=int(values.get("seeds") or 1),
-        startup=max(int(values.get("startup") or math.ceil(int(values["trials"]) / 2)), len(initial_lams)),
+        # the preset's start-up count, at most --trials, and at least the --lam-start values
+        startup=max(min(int(values.get("startup") or math.ceil(int(values["trials"]) / 2)), int(values["trials"])),
+                    len(initial_lams)),
         paired=bool(values.get("paired", False)), sampler=str(values["sampler"]),
         # a trial shorter than the grace period is never stopped early
         grace_period=min(int(values["grace_period"]), trial.epochs), reduction_factor=int(values["reduction_factor"]),
@@ -238,7 +242,7 @@ def _validate(plan: SearchPlan) -> None:
          f"--lam-start values must lie in the λ range [{plan.lam_low:g}, {plan.lam_high:g}]"),
         (len(plan.initial_lams) <= plan.trials, "--lam-start gives more values than --trials"),
         (plan.seeds >= 1, f"--seeds must be >= 1, got {plan.seeds}"),
-        (1 <= plan.startup <= plan.trials, f"startup must be between 1 and --trials ({plan.trials}), got {plan.startup}"),
+        (plan.startup >= 1, f"startup must be >= 1, got {plan.startup}"),
         (plan.max_retries >= 0, f"max_retries must be >= 0, got {plan.max_retries}"),
         (plan.name and "/" not in plan.name and not plan.name.startswith("."),
          f"--name must be a plain folder name, got {plan.name!r}"),

@@ -60,6 +60,7 @@ def build_parser() -> cli.Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stages = {"started": time.time()}  # Unix times of the search's stages, kept in search.json
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.resume:
@@ -71,46 +72,98 @@ def main(argv: list[str] | None = None) -> int:
     tracking.check_reachable(tracking_uri)
     if starts_local_ray(args.address):
         plan.check_fits({"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()})
-    if not args.resume and plan.run_dir.exists():
-        raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name")
+    if not args.resume:
+        create_run_dir(plan)
 
     if args.preset is None:
         print(f"no --preset: running the offline demo preset '{DEFAULT_PRESET}' (digits, small CNN, CPU-sized); "
               f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
     print(plan.describe())
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps({"argv": argv, "name": plan.name}, indent=2))
+    stages["validated"] = time.time()
+    record = {"argv": argv, "name": plan.name, "stages": stages}
+    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
 
-    from tuner.orchestration import cluster  # imports Ray: only once the input is known to be good
-    from tuner.orchestration.trials import run_search
+    from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
+    from tuner.orchestration.trials import TrialConfigError, run_search
 
-    started = time.monotonic()
+    reconciled = resume.reconcile(plan) if args.resume else None
     cluster.connect(args.address, tracking_uri=tracking_uri)
+    stages["ray"] = time.time()
     print(cluster.describe_capacity(plan))
-    if cluster.node_count() > 1 and tracking.is_local(tracking_uri):
-        print(f"warning: MLflow store {tracking_uri} is local to the driver's node on a {cluster.node_count()}-node "
-              f"cluster; run 'mlflow server' and pass --tracking-uri http://HOST:5000 so the runs outlive this node")
-    if cluster.node_count() > 1 and plan.storage is None:
-        print(f"warning: Tune storage {plan.tune_storage} is a path on the driver's node: trials on other nodes "
-              f"fail at their first checkpoint unless it is mounted there too; pass --storage s3://BUCKET/PREFIX "
-              f"or a path mounted on every node")
+    warn_about_cluster_storage(plan, tracking_uri, cluster.node_count())
     tracker = tracking.Tracker(tracking_uri, plan)
+    if reconciled is not None:
+        tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs)
+        tracker.close_orphans(reconciled.keep)
 
     print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
-    run_search(plan, tracker=tracker)
-    print_summary(plan, time.monotonic() - started, tracking_uri)
+    try:
+        outcome = run_search(plan, tracker=tracker)
+    except TrialConfigError:
+        report_unlogged(tracker.close("FAILED"))
+        raise
+    stages["trials"] = time.time()
+    if outcome.interrupted:
+        print_summary(plan, stages, tracking_uri, state="interrupted")
+        report_unlogged(tracker.close("KILLED"))
+        print(f"continue it with: python -m tuner.search --resume --out {plan.run_dir.parent} --name {plan.name}")
+        return cli.INTERRUPTED
+    print_summary(plan, stages, tracking_uri, state="finished")
+    rows = list(ResultsStore(plan.run_dir).trials.values())
+    if not any(row["status"] == "completed" for row in rows):
+        errors = [row["error"] for row in rows if row.get("error")]
+        print(f"error: no trial completed ({len(rows)} trial(s): " + ", ".join(
+            f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES) + ")"
+            + (f"; first error: {errors[0]}" if errors else ""), file=sys.stderr)
+        report_unlogged(tracker.close("FAILED"))
+        return 1
     tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
     fit_scaling_rule(plan, tracker, predict)
-    tracker.finish_search()
+    report_unlogged(tracker.close())
+    stages["finished"] = time.time()
+    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
     return 0
 
 
+def create_run_dir(plan: SearchPlan) -> None:
+    """The run directory, created here and now: two searches never share one."""
+    try:
+        plan.run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name") from None
+
+
+def warn_about_cluster_storage(plan: SearchPlan, tracking_uri: str, nodes: int) -> None:
+    """On several nodes, stores only the driver's node sees lose runs or fail trials: say so."""
+    if nodes > 1 and tracking.is_local(tracking_uri):
+        print(f"warning: MLflow store {tracking_uri} is local to the driver's node on a {nodes}-node cluster; run "
+              f"'mlflow server' and pass --tracking-uri http://HOST:5000 so the runs outlive this node")
+    if nodes > 1 and plan.storage is None:
+        print(f"warning: Tune storage {plan.tune_storage} is a path on the driver's node: trials on other nodes "
+              f"fail at their first checkpoint unless it is mounted there too; pass --storage s3://BUCKET/PREFIX "
+              f"or a path mounted on every node")
+
+
+def report_unlogged(failures: tracking.Failures) -> None:
+    if failures.items:
+        what = "; ".join(f"{name} ({reason})" for name, reason in list(failures.items.items())[:5])
+        more = f" and {len(failures.items) - 5} more" if len(failures.items) > 5 else ""
+        print(f"warning: {len(failures.items)} MLflow operation(s) could not be logged: {what}{more}; "
+              f"python -m tuner.search --resume logs them from the Parquet results")
+
+
 def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[int]) -> None:
-    """The final stage: fit λ*(width), print the rule, log its files and coefficients to MLflow."""
+    """The final stage: fit λ*(width), print the rule, log its files and coefficients to MLflow.
+
+    When there is nothing to fit, files left by an earlier fit of this run are removed: they would
+    describe other data.
+    """
     try:
         report = fit.fit_runs([plan.run_dir], predict=predict, seed=plan.seed)
     except ConfigError as exc:  # e.g. a single width: the search itself succeeded
         print(f"scaling rule: not fitted ({exc})")
+        for stale in fit.output_files(plan.run_dir):
+            stale.unlink(missing_ok=True)
         return
     print("\n".join(report.summary_lines()))
     tracker.log_files(list(report.files.values()))
@@ -124,7 +177,10 @@ def make_plan(args: Any) -> SearchPlan:
                         "sampler": args.sampler, "concurrency": args.concurrency,
                         "workers_per_trial": args.workers_per_trial, "cpus_per_trial": args.cpus_per_trial,
                         "gpus_per_trial": args.gpus_per_trial, "storage": args.storage}
-    plan = build_plan(preset, name=args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}", out=args.out,
+    if args.name == "":
+        raise ConfigError("--name must not be empty: pass a folder name, or leave --name out for <preset>-<date>-<time>")
+    name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10_000:04d}"
+    plan = build_plan(preset, name=name, out=args.out,
                       search_overrides=search_overrides, trial_overrides=trial_overrides(args))
     prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
     return plan
@@ -170,9 +226,10 @@ def check_address(address: str | None) -> None:
                           f"and pass its HOST:PORT (6379 by default), or leave --address out to run locally") from None
 
 
-def print_summary(plan: SearchPlan, seconds: float, tracking_uri: str) -> None:
+def print_summary(plan: SearchPlan, stages: dict[str, float], tracking_uri: str, *, state: str) -> None:
     store = ResultsStore(plan.run_dir)
-    print(f"\nsearch {plan.name} finished in {seconds:.0f}s")
+    print(f"\nsearch {plan.name} {state} after {time.time() - stages['started']:.0f}s: "
+          f"{len(store.trials)} of {len(plan.widths) * plan.trials_per_width} trials recorded")
     print(f"{'width':>5} {'best λ':>8} {'val rob':>8} {'val nat':>8} {'val stab':>8} "
           f"{'test rob':>8} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
     for width in plan.widths:

@@ -180,9 +180,9 @@ class Proposer:
         index, replicate = divmod(self.asked[width], budget.seeds)
         startup = budget.startup_lams(width)
         lam = startup[index] if index < len(startup) else None
-        if replicate > 0:  # the λ of this index's first replicate, whatever chose it
-            lam = next(t.params["lam"] for t in self._counted(width)
-                       if t.user_attrs.get("lam_index") == index and t.user_attrs.get("replicate") == 0)
+        if replicate > 0:  # the λ of this index's first replicate, whatever chose it (if it is known)
+            lam = next((t.params["lam"] for t in self._counted(width)
+                        if t.user_attrs.get("lam_index") == index and t.user_attrs.get("replicate") == 0), lam)
         if lam is not None:
             study.enqueue_trial({"lam": lam})
         trial = study.ask({"lam": budget.distribution})

@@ -13,11 +13,14 @@ Ray Train (`data_parallel`).
 from __future__ import annotations
 
 import pickle
+import signal
+import threading
 import time
 import urllib.parse
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,10 @@ from ray.tune.search import Searcher
 
 from tuner.core.config import TrialConfig
 from tuner.core.training import select_epoch
+from tuner.errors import ConfigError
 from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
-from tuner.orchestration.worker import FINISHED, METRIC, OBJECTIVE, run_reported
+from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, OBJECTIVE, run_reported
 from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
 from tuner.plan import SearchPlan, TrialResources, trial_name
@@ -66,7 +70,8 @@ def trial_function(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], 
         return
 
     def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
+        tune.report(metrics, checkpoint=checkpoint)
 
     run_reported(trial, checkpoint=tune.get_checkpoint(), report=report, started_at=started_at)
 
@@ -119,6 +124,15 @@ class WidthSearcher(tune.search.Searcher):
             self._proposer = Proposer(self.budget, studies)
         return self._proposer
 
+    def orphan_running(self) -> None:
+        """Close as orphans the journal's running trials that this searcher did not ask (a lost Tune state)."""
+        proposer = self.proposer
+        known = {(p.width, p.number) for p in self.open.values()}
+        for width, study in proposer.studies.items():
+            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (width, frozen.number) not in known:
+                    proposer.orphan(width, frozen.number)
+
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True
 
@@ -163,14 +177,9 @@ class WidthSearcher(tune.search.Searcher):
         with open(checkpoint_path, "rb") as file:
             self.open = pickle.load(file)
         self._proposer = None
-        proposer = self.proposer
-        known = {(p.width, p.number) for p in self.open.values()}
-        for width, study in proposer.studies.items():
-            for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if (width, frozen.number) not in known:
-                    proposer.orphan(width, frozen.number)
+        self.orphan_running()
         for proposal in self.open.values():
-            proposer.adopt(proposal)
+            self.proposer.adopt(proposal)
 
 
 class WidthASHA(FIFOScheduler):
@@ -229,19 +238,42 @@ def checkpoint_uri(trial: Any, plan: SearchPlan) -> str | None:
     return f"{scheme}://{path}" if path and scheme and "://" not in path else path
 
 
+class TrialConfigError(ConfigError):
+    """Bad input found inside a trial (e.g. a dataset a trial cannot read): no retry can fix it."""
+
+
 class ResultsCallback(tune.Callback):
-    """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it."""
+    """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it.
+
+    It also notices a Ctrl-C (Tune ends the run on it; the search must then stop, not go on) and a
+    trial that reports bad input (the search stops with that one line instead of retrying).
+    """
 
     def __init__(self, plan: SearchPlan, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
         self.plan, self.tracker, self.echo = plan, tracker, echo
+        self.interrupted = False
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
+        return {**self.__dict__, "tracker": None}
+
+    def setup(self, **info: Any) -> None:
+        """Wrap the SIGINT handler Tune has just installed, to know that it ended the run."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            if callable(tune_handler):
+                tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, on_interrupt)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.tracker.log_epochs(self._run(trial), result.get("history", []))
-
-    def _run(self, trial: Any) -> str:
-        config = trial.config
-        return self.tracker.trial_run(trial.trial_id, width=config["width"], lam=config["lam"], seed=config["seed"],
-                                      replicate=config["replicate"], optuna_trial=config.get("optuna_trial"))
+        if CONFIG_ERROR in result:
+            self._record(trial, "error", error=result[CONFIG_ERROR])
+            raise TrialConfigError(result[CONFIG_ERROR])
+        self.tracker.log_epochs(identity(trial), result.get("history", []))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "completed" if (trial.last_result or {}).get(FINISHED) else "early_stopped")
@@ -249,26 +281,45 @@ class ResultsCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "error")
 
-    def _record(self, trial: Any, status: str) -> None:
+    def _record(self, trial: Any, status: str, *, error: str | None = None) -> None:
         store = ResultsStore(self.plan.run_dir)
         if trial.trial_id in store.trials:  # recorded before a resume: its row stands
             return
         row, history = trial_row(trial, status=status, plan=self.plan)
+        if error is not None:
+            row["error"] = error
         store.record(row, history)
-        run_id = self._run(trial)
-        self.tracker.log_epochs(run_id, history)
-        self.tracker.finish_trial(run_id, row)
+        self.tracker.finish_trial(row, history)
         width = row["width"]
         done = len(store.for_width(width))
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
                   f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
         seed = f" seed {row['seed']}" if self.plan.seeds > 1 else ""
         self.echo(f"  w{width} [{done}/{self.plan.trials_per_width}] λ={row['lam']:<8.3g}{seed} {status:<13} "
-                  f"{row['epochs_run']} epochs  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
+                  f"{plural(row['epochs_run'], 'epoch')}  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
-def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None] = print) -> None:
-    """Run (or, if its Tune experiment exists, resume) every width's study in one Tune run."""
+def identity(trial: Any) -> dict[str, Any]:
+    """What names a Tune trial in every store: its id and the width, λ, seed and replicate it was given."""
+    return {"trial_id": trial.trial_id, **trial.config}
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the Tune run ended: every trial done, or interrupted by Ctrl-C (then Tune's state is saved)."""
+
+    interrupted: bool
+
+
+def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None] = print) -> Outcome:
+    """Run (or, if its Tune experiment exists, resume) every width's study in one Tune run.
+
+    Raises TrialConfigError when a trial found bad input (the run is stopped, not retried).
+    """
     experiment = f"{plan.tune_storage}/{EXPERIMENT}"
     bases = {width: plan.trial.replace(width=width).to_dict() for width in plan.widths}
     recorded = frozenset(ResultsStore(plan.run_dir).trials)
@@ -276,15 +327,23 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
         tune.with_parameters(trial_function, bases=bases, resources=plan.resources,
                              storage=f"{plan.tune_storage}/workers", recorded=recorded),
         TrialRequest(plan.resources))
+    results = ResultsCallback(plan, tracker, echo=echo)
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
+        # the restored callbacks are unpickled copies: give them this driver's tracker and echo
+        for callback in tuner._local_tuner._run_config.callbacks:
+            if isinstance(callback, ResultsCallback):
+                results = callback
+                callback.tracker, callback.echo = tracker, echo
     else:
         budget = Budget.of(plan)
         caps = {width: plan.concurrency_for(width, ray.cluster_resources()) for width in plan.widths}
+        searcher = WidthSearcher(budget, journal=plan.optuna_storage, name=plan.name, caps=caps)
+        searcher.orphan_running()  # a resume without Tune's state: no Tune trial will finish those
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=WidthSearcher(budget, journal=plan.optuna_storage, name=plan.name, caps=caps),
+                search_alg=searcher,
                 scheduler=WidthASHA(budget), num_samples=len(plan.widths) * plan.trials_per_width,
                 max_concurrent_trials=max(caps.values()),
                 # a Train run's driver is not reusable: actors are reused only when no trial is data-parallel
@@ -294,10 +353,15 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
                 name=EXPERIMENT, storage_path=plan.tune_storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[JsonLoggerCallback(), ResultsCallback(plan, tracker, echo=echo)],
+                callbacks=[JsonLoggerCallback(), results],
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a further Ctrl-C interrupts what follows
+    if results.interrupted:
+        return Outcome(interrupted=True)
     store = ResultsStore(plan.run_dir)
     for width in plan.widths:
         best = best_trial(store.for_width(width))
@@ -306,3 +370,4 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
                 tracker.finish_width(width, best, Path(checkpoint_dir))
         else:
             tracker.finish_width(width, best, None)
+    return Outcome(interrupted=False)

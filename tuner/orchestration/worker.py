@@ -18,10 +18,12 @@ import ray
 
 from tuner.core.config import TrialConfig
 from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
+from tuner.errors import ConfigError
 
 METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
 OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
 FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
+CONFIG_ERROR = "config_error"  # the one-line message of bad input the trial found (no retry can fix it)
 
 # report(metrics, checkpoint_dir): hands one epoch to Tune or Train; checkpoint_dir is None off rank 0
 Report = Callable[[dict[str, Any], Path | None], None]
@@ -41,8 +43,16 @@ def epoch_metrics(epoch: EpochReport, *, started_at: float) -> dict[str, Any]:
 
 
 def run_reported(trial: TrialConfig, *, checkpoint: Any, report: Report, started_at: float) -> None:
-    """Run `trial` in a scratch directory, resuming from `checkpoint` (a Ray Checkpoint) if given."""
-    prepared = prepare(trial)
+    """Run `trial` in a scratch directory, resuming from `checkpoint` (a Ray Checkpoint) if given.
+
+    Bad input the trial finds (a ConfigError) is reported as `CONFIG_ERROR`, not raised: raised,
+    Tune would retry a trial that no retry can fix.
+    """
+    try:
+        prepared = prepare(trial)
+    except ConfigError as exc:
+        report({CONFIG_ERROR: str(exc)}, None)
+        return
     work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
     try:
         if checkpoint is not None:
