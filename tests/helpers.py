@@ -58,3 +58,70 @@ def mlflow_server(root: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class Driver:
+    """`python -m tuner.search` in its own process group (as a terminal runs it), its output read line by line."""
+
+    def __init__(self, args: list[str], *, cwd: Path, env: dict | None = None) -> None:
+        import os
+        import queue
+        import threading
+
+        environment = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], cwd=cwd, env=environment,
+                                     start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._read, args=(self.proc.stdout, self._queue.put), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self._stderr.append), daemon=True).start()
+
+    @staticmethod
+    def _read(stream, sink) -> None:
+        for line in stream:
+            sink(line)
+        sink(None)
+
+    def wait_for(self, pattern: str, *, timeout: float = 300) -> str | None:
+        """The first new output line matching `pattern`; None if the driver ended first."""
+        import queue
+        import re
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                return None
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no line matching {pattern!r} within {timeout:.0f}s:\n{''.join(self.lines)}")
+
+    def signal_group(self, signum: int) -> None:
+        import os
+
+        os.killpg(self.proc.pid, signum)
+
+    def finish(self, *, timeout: float = 300) -> tuple[int, str, str]:
+        """Exit status, all of stdout and all of stderr once the driver ends."""
+        self.proc.wait(timeout=timeout)
+        while (line := self._queue.get(timeout=30)) is not None:
+            self.lines.append(line)
+        deadline = time.monotonic() + 30
+        while (not self._stderr or self._stderr[-1] is not None) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.proc.returncode, "".join(self.lines), "".join(s for s in self._stderr if s is not None)
+
+    def kill(self) -> None:
+        """SIGKILL to the driver and everything it started (its local Ray), as in a crash."""
+        import signal
+
+        try:
+            self.signal_group(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=60)

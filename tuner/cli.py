@@ -19,6 +19,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def plural(count: int, word: str) -> str:
+    """"1 epoch", "3 epochs"."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run `main`, turning ConfigError into one line on stderr and exit status 2."""
     try:

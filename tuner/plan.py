@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.cli import plural
 from tuner.core.config import TrialConfig
 from tuner.errors import ConfigError
 from tuner.presets import Preset
@@ -100,10 +101,10 @@ class SearchPlan:
         """The plan in a few lines: the search, then the resources of a trial of each width."""
         cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
         seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
-        design = ("paired " if self.paired else "") + ("start-up value" if self.startup == 1 else "start-up values")
+        design = ("paired " if self.paired else "") + plural(self.startup, "start-up value")
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
-                 f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {self.startup} "
-                 f"{design}, then {self.sampler}), {self.trial.method}, {self.trial.epochs} epochs, "
+                 f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {design}, "
+                 f"then {self.sampler}), {self.trial.method}, {plural(self.trial.epochs, 'epoch')}, "
                  f"ASHA grace {self.grace_period} reduction {self.reduction_factor}{cap}"]
         lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
         return "\n".join(lines)

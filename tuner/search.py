@@ -83,18 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     record = {"argv": argv, "name": plan.name, "stages": stages}
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
 
+    if starts_local_ray(args.address):
+        # Ray's own switch for a machine-local cluster (its default on macOS and Windows): every Ray
+        # service binds to 127.0.0.1. Read when Ray is imported, so it is set before.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
     from tuner.orchestration.trials import TrialConfigError, run_search
 
     reconciled = resume.reconcile(plan) if args.resume else None
-    cluster.connect(args.address, tracking_uri=tracking_uri)
-    stages["ray"] = time.time()
-    print(cluster.describe_capacity(plan))
-    warn_about_cluster_storage(plan, tracking_uri, cluster.node_count())
     tracker = tracking.Tracker(tracking_uri, plan)
     if reconciled is not None:
         tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs)
         tracker.close_orphans(reconciled.keep)
+    cluster.connect(args.address, tracking_uri=tracking_uri)
+    stages["ray"] = time.time()
+    print(cluster.describe_capacity(plan))
+    warn_about_cluster_storage(plan, tracking_uri, cluster.node_count())
 
     print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
     try:

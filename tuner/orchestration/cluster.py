@@ -18,6 +18,31 @@ import ray  # noqa: E402
 from tuner.plan import SearchPlan  # noqa: E402
 
 
+# Messages of the libraries that tell a user of the search nothing (the search says it better):
+# Ray's notice that token authentication is on (it stays on), Tune's advice to resume with
+# Tuner.restore (the search names its own --resume command), and Tune's note on trials stopped
+# before their first report (the search's results come from its Parquet tables, not Tune's).
+NOISE = ("Token authentication is enabled for this Ray cluster",
+         "Experiment has been interrupted, but the most recent state was saved",
+         "Failed to fetch metrics for")
+
+
+class DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISE)
+
+
+def quiet() -> None:
+    """Drop the libraries' messages that say nothing to the user; real warnings stay."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("ray", "ray.tune", "ray._private"):
+        logger = logging.getLogger(name)
+        logger.addFilter(DropNoise())
+        for handler in logger.handlers:
+            handler.addFilter(DropNoise())
+
+
 def connect(address: str | None, *, tracking_uri: str) -> None:
     """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial.
 
@@ -25,13 +50,14 @@ def connect(address: str | None, *, tracking_uri: str) -> None:
     every node (for code of your own in a trial), unless it runs in a Ray job whose runtime env
     sets it already: Ray refuses one variable from two places.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet()
     if ray.is_initialized():
         return
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     env_vars = {} if in_job and "MLFLOW_TRACKING_URI" in os.environ else {"MLFLOW_TRACKING_URI": tracking_uri}
     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env_vars} if env_vars else None)
+    quiet()  # ray.init may have set up its handlers again
 
 
 def node_count() -> int:

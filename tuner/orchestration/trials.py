@@ -12,6 +12,7 @@ Ray Train (`data_parallel`).
 
 from __future__ import annotations
 
+import datetime
 import pickle
 import signal
 import threading
@@ -36,8 +37,9 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from tuner.cli import plural
 from tuner.core.config import TrialConfig
-from tuner.core.training import select_epoch
+from tuner.core.training import BEST, select_epoch
 from tuner.errors import ConfigError
 from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
@@ -147,14 +149,14 @@ class WidthSearcher(tune.search.Searcher):
                 "replicate": proposal.replicate, "optuna_trial": proposal.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.open and OBJECTIVE in result:
+        if trial_id in self.open and result.get(OBJECTIVE) is not None:
             self.proposer.report(self.open[trial_id], int(result["epoch"]), result[OBJECTIVE])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         proposal = self.open.pop(trial_id, None)
         if proposal is None:
             return
-        if error or result is None or OBJECTIVE not in result:
+        if error or result is None or result.get(OBJECTIVE) is None:
             self.proposer.tell(proposal, TrialState.FAIL)
             return
         # ASHA may stop a trial on a result the searcher never saw: keep it as an intermediate value
@@ -218,7 +220,7 @@ def trial_row(trial: Any, *, status: str, plan: SearchPlan) -> tuple[dict[str, A
         **{k: selected.get(k) for k in SELECTED_METRICS},
         **{k: summary.get(k) for k in TEST_METRICS},
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"), "node_ip": result.get("node_ip"),
-        "started_at": result.get("started_at"), "finished_at": result.get("reported_at"),
+        "started_at": utc(result.get("started_at")), "finished_at": utc(result.get("reported_at")),
         "optuna_trial": config.get("optuna_trial"), "workers": plan.resources[config["width"]].workers,
         "checkpoint": checkpoint_uri(trial, plan),
     }
@@ -227,6 +229,10 @@ def trial_row(trial: Any, *, status: str, plan: SearchPlan) -> tuple[dict[str, A
         error = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() else ""
         row["error"] = (error.strip().splitlines() or ["unknown error"])[-1]
     return row, history
+
+
+def utc(unix_time: float | None) -> datetime.datetime | None:
+    return None if unix_time is None else datetime.datetime.fromtimestamp(unix_time, tz=datetime.timezone.utc)
 
 
 def checkpoint_uri(trial: Any, plan: SearchPlan) -> str | None:
@@ -252,6 +258,7 @@ class ResultsCallback(tune.Callback):
     def __init__(self, plan: SearchPlan, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
         self.plan, self.tracker, self.echo = plan, tracker, echo
         self.interrupted = False
+        self.config_error: str | None = None  # the first bad input a trial reported
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
         return {**self.__dict__, "tracker": None}
@@ -272,7 +279,8 @@ class ResultsCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if CONFIG_ERROR in result:
             self._record(trial, "error", error=result[CONFIG_ERROR])
-            raise TrialConfigError(result[CONFIG_ERROR])
+            self.config_error = self.config_error or result[CONFIG_ERROR]
+            return
         self.tracker.log_epochs(identity(trial), result.get("history", []))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -299,13 +307,22 @@ class ResultsCallback(tune.Callback):
                   f"{plural(row['epochs_run'], 'epoch')}  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
+class StopOnConfigError(tune.Stopper):
+    """Ends the whole run once a trial has reported bad input (see ResultsCallback.config_error)."""
+
+    def __init__(self, results: ResultsCallback) -> None:
+        self.results = results
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.results.config_error is not None
+
+
 def identity(trial: Any) -> dict[str, Any]:
     """What names a Tune trial in every store: its id and the width, λ, seed and replicate it was given."""
     return {"trial_id": trial.trial_id, **trial.config}
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 @dataclass(frozen=True)
@@ -351,7 +368,7 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
                 trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=plan.tune_storage, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=plan.max_retries),
+                failure_config=tune.FailureConfig(max_failures=plan.max_retries), stop=StopOnConfigError(results),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[JsonLoggerCallback(), results],
             ),
@@ -360,14 +377,24 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
         tuner.fit()
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a further Ctrl-C interrupts what follows
+    if results.config_error is not None:
+        raise TrialConfigError(results.config_error)
     if results.interrupted:
         return Outcome(interrupted=True)
     store = ResultsStore(plan.run_dir)
     for width in plan.widths:
         best = best_trial(store.for_width(width))
-        if best and best["checkpoint"]:
-            with tune.Checkpoint(best["checkpoint"]).as_directory() as checkpoint_dir:  # a local copy if in s3://…
-                tracker.finish_width(width, best, Path(checkpoint_dir))
-        else:
-            tracker.finish_width(width, best, None)
+        tracker.finish_width(width, best, selected_checkpoint(best, plan))
     return Outcome(interrupted=False)
+
+
+def selected_checkpoint(row: dict[str, Any] | None, plan: SearchPlan) -> Path | None:
+    """The selected checkpoint (best.pt) of a trial as a local file: where it lies on local storage, else a
+    copy downloaded into the run directory (best/w<width>/)."""
+    if row is None or not row["checkpoint"]:
+        return None
+    if "://" not in row["checkpoint"]:
+        return Path(row["checkpoint"]) / BEST
+    local = plan.run_dir / "best" / f"w{row['width']}"
+    tune.Checkpoint(row["checkpoint"]).to_directory(str(local))
+    return local / BEST

@@ -51,7 +51,7 @@ def run_reported(trial: TrialConfig, *, checkpoint: Any, report: Report, started
     try:
         prepared = prepare(trial)
     except ConfigError as exc:
-        report({CONFIG_ERROR: str(exc)}, None)
+        report({CONFIG_ERROR: str(exc), OBJECTIVE: None}, None)  # Tune checks every result names the objective
         return
     work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
     try:

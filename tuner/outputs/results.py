@@ -43,8 +43,8 @@ TRIAL_SCHEMA = pa.schema([
     ("workers", pa.int32()),  # data-parallel workers of the trial
     ("node", pa.string()),  # Ray node ID (of rank 0 for a data-parallel trial)
     ("node_ip", pa.string()),
-    ("started_at", pa.float64()),  # Unix time the trial (last) started, and of its last report
-    ("finished_at", pa.float64()),
+    ("started_at", pa.timestamp("us", tz="UTC")),  # when the trial (last) started, and its last report
+    ("finished_at", pa.timestamp("us", tz="UTC")),
     ("checkpoint", pa.string()),  # the trial's last checkpoint (a path or URI); its best.pt is the selected epoch
     ("error", pa.string()),
 ])

@@ -12,12 +12,16 @@ resumes), and a step already in a metric's history is never logged again.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,11 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
-from tuner.core.training import BEST  # noqa: E402
 from tuner.errors import ConfigError  # noqa: E402
 from tuner.outputs.results import EPOCH_METRICS, SELECTED_METRICS, TEST_METRICS  # noqa: E402
 from tuner.plan import SearchPlan, trial_name  # noqa: E402
+
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
 KIND, SEARCH, WIDTH, TRIAL_ID = "rwt.kind", "rwt.search", "rwt.width", "ray_trial_id"
 ORPHANED = "orphaned_trial"  # the kind of a trial run whose trial no store kept (see close_orphans)
@@ -82,6 +87,23 @@ def check_reachable(uri: str) -> None:
                           f"'mlflow server --host 127.0.0.1 --port 5000' or fix --tracking-uri") from None
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold a machine-wide lock on a sqlite store while it may be created.
+
+    Two searches started at once in one directory would otherwise both create the tables of a
+    new mlflow.db, and one fails (SQLAlchemy's CircularDependencyError).
+    """
+    if urlparse(uri).scheme != "sqlite":
+        yield
+        return
+    from filelock import FileLock
+
+    digest = hashlib.sha1(os.path.abspath(uri.removeprefix("sqlite:///")).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"rwt-mlflow-{digest}.lock", timeout=300):
+        yield
+
+
 def is_permanent(exc: Exception) -> bool:
     """Whether retrying `exc` cannot help (a request MLflow rejects), as opposed to a server or database away."""
     return isinstance(exc, MlflowException) and exc.error_code in PERMANENT
@@ -113,15 +135,16 @@ class Tracker:
 
     def __init__(self, uri: str, plan: SearchPlan, *, echo: Callable[[str], None] = print) -> None:
         self.uri, self.plan, self.echo = uri, plan, echo
-        self.client = MlflowClient(uri)
-        experiment = self.client.get_experiment_by_name(plan.name)
+        with store_lock(uri):  # the client creates a new store's tables
+            self.client = MlflowClient(uri)
+            experiment = self.client.get_experiment_by_name(plan.name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(plan.name, tags=EXPERIMENT_KIND))
         self._runs: dict[tuple[str, str], str] = {}
         self._logged_steps: dict[str, int] = {}
         self.failures = Failures()
         self._queue: queue.Queue[Operation | None] = queue.Queue()
-        self._closing = threading.Event()
+        self._deadline: float | None = None  # set by close()
         self._unreachable_since: float | None = None
         trial = plan.trial
         self.search_run = self._run(
@@ -196,16 +219,16 @@ class Tracker:
         if status != "FINISHED":
             self._submit("open runs", lambda: self._end_open_runs(status))
         self._submit("search run", lambda: self.client.set_terminated(self.search_run, status))
+        self._deadline = time.monotonic() + timeout
         self._queue.put(None)
-        self._closing.set()
-        self._thread.join(timeout)
+        self._thread.join(timeout + 5)
         while True:  # whatever is still queued could not be logged
             try:
                 operation = self._queue.get_nowait()
             except queue.Empty:
                 break
             if operation is not None:
-                self.failures.add(operation.what, TimeoutError(f"server unreachable at {self.uri}"))
+                self.failures.add(operation.what, TimeoutError(f"no answer from {self.uri} within {timeout:.0f}s"))
         return self.failures
 
     # ------------------------------------------------------------------ the background thread
@@ -227,9 +250,12 @@ class Tracker:
                     self._unreachable(exc)
                     operation.attempts += 1
                     delay = BACKOFF[min(operation.attempts, len(BACKOFF)) - 1]
-                    if self._closing.wait(delay) and operation.attempts > 2:
-                        self.failures.add(operation.what, exc)
-                        break
+                    if self._deadline is not None:  # closing: retry until the deadline, then give up
+                        delay = min(delay, self._deadline - time.monotonic())
+                        if delay <= 0:
+                            self.failures.add(operation.what, exc)
+                            break
+                    time.sleep(delay)
 
     def _unreachable(self, exc: Exception) -> None:
         if self._unreachable_since is None:
