@@ -15,11 +15,20 @@ def plan(preset="quick", **search):
     return build_plan(load_preset(preset), name="t", out=Path("runs"), search_overrides=search, trial_overrides={})
 
 
-def test_widths_are_sorted_unique_and_positive():
-    assert parse_widths("10,1,4,4") == [1, 4, 10]
-    for bad in ("1,a", "0", "", "-2"):
-        with pytest.raises(ConfigError, match="--widths"):
+def test_widths_are_sorted_positive_and_given_once():
+    assert parse_widths("10,1, 4") == [1, 4, 10]
+    for bad in ("1,a", "0", "", "-2", "1,,2", "1.5"):
+        with pytest.raises(ConfigError, match="--widths takes comma-separated positive integers"):
             parse_widths(bad)
+    with pytest.raises(ConfigError, match="width 4 more than once"):
+        parse_widths("1,4,4")
+
+
+def test_data_dirs_are_made_absolute_in_the_driver():
+    """Trials run in other working directories: a relative --data-dir must not reach them."""
+    p = build_plan(load_preset("cifar10-small"), name="t", out=Path("runs"), search_overrides={},
+                   trial_overrides={"data_dir": "data/cifar"})
+    assert p.trial.data_dir == str(Path("data/cifar").resolve())
 
 
 def test_lam_range_is_ordered_and_positive():

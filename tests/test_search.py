@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import json
+import re
 import subprocess
-import sys
 import time
+import urllib.request
+
 
 import optuna
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import assert_usage_error, run_command
+from tests.helpers import BIN, assert_usage_error, free_port, run_command
 from tuner.presets import load_preset
 from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 
@@ -43,7 +44,8 @@ def search_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
     result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
-                         "--lam-range", "0.5,20", "--out", str(tmp / "runs"), "--name", "it", cwd=tmp)
+                         "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
+                         cwd=tmp)
     assert result.returncode == 0, result.stdout + result.stderr
     return tmp / "runs" / "it", result
 
@@ -89,12 +91,53 @@ def test_harsh_asha_stops_some_trial_and_optuna_sees_it_pruned(search_run):
     assert pruned and all(t.intermediate_values and max(t.intermediate_values) == 1 for t in pruned)
 
 
-def test_output_is_one_line_per_trial_and_a_summary(search_run):
+def test_output_is_a_line_per_trial_periodic_status_the_dashboard_url_and_a_summary(search_run):
+    """Output to a pipe (a Ray job's log, CI): plain status lines, no terminal control characters."""
     _, result = search_run
-    trial_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("w1 [", "w2 ["))]
+    lines = result.stdout.splitlines()
+    trial_lines = [line for line in lines if line.strip().startswith(("w1 [", "w2 ["))]
     assert len(trial_lines) == 6
+    status = [line for line in lines if re.match(r"^\[\d+m\d\ds\] \d+/6 done, \d+ stopped early, \d+ failed", line)]
+    assert status and any("running: w" in line and " epoch " in line for line in status), result.stdout
+    assert "\r" not in result.stdout and "\033" not in result.stdout
+    assert re.search(r"^ray dashboard: http://127\.0\.0\.1:\d+$", result.stdout, re.MULTILINE)
     assert "completed/early-stopped/failed" in result.stdout
-    assert len(result.stdout.splitlines()) < 40, result.stdout
+    assert result.stderr.strip() == "", "library noise on stderr"
+
+
+def test_optuna_dashboard_serves_the_studies_with_their_metric_epochs_and_links(search_run):
+    """The real optuna-dashboard on the run's journal, read through its HTTP API."""
+    run_dir, _ = search_run
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "optuna-dashboard"), str(run_dir / "optuna.journal"), "--host", "127.0.0.1",
+                               "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        studies = json.loads(wait_for_url(f"http://127.0.0.1:{port}/api/studies", server))["study_summaries"]
+        assert sorted(s["study_name"] for s in studies) == ["it-w1", "it-w2"]
+        rows = {r["trial_id"]: r for r in pq.read_table(run_dir / "trials.parquet").to_pylist()}
+        for summary in studies:
+            study = json.loads(wait_for_url(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", server))
+            assert study["objective_names"] == ["selected_val_robust_acc"]
+            for trial in study["trials"]:
+                attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+                row = rows[attrs["ray_trial_id"]]
+                assert attrs["status"] == row["status"] and int(attrs["seed"]) == row["seed"]
+                assert attrs["mlflow_run_id"], "the trial links to its MLflow run"
+                steps = sorted(v["step"] for v in trial["intermediate_values"])
+                assert steps == list(range(1, row["epochs_run"] + 1)), "every epoch, the last one included"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for_url(url: str, proc: subprocess.Popen, timeout: float = 60) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=5).read()
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.3)
 
 
 def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
@@ -115,47 +158,6 @@ def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
                               filter_string="tags.`rwt.kind` = 'trial'")
     status = {float(r.data.params["lam"]): (r.data.tags["status"], r.info.status) for r in runs}
     assert status[1.0] == ("completed", "FINISHED") and status[1e6] == ("error", "FAILED")
-
-
-def test_resume_after_sigkill_finishes_with_each_trial_once(tmp_path):
-    out = tmp_path / "runs"
-    args = ["--widths", "1,2", "--trials", "2", "--epochs", "3", "--concurrency", "1", "--out", str(out), "--name", "rs"]
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trials_file = out / "rs" / "trials.parquet"
-    try:
-        deadline = time.monotonic() + 300
-        while not trials_file.exists() and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-        assert trials_file.exists() and driver.poll() is None, "no trial finished before the driver ended"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as in a crash
-        driver.wait()
-    finished_before = {r["trial_id"] for r in pq.read_table(trials_file).to_pylist()}
-    assert 1 <= len(finished_before) < 4
-
-    result = run_command("tuner.search", "--resume", "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = pq.read_table(trials_file).to_pylist()
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
-    assert finished_before <= {r["trial_id"] for r in rows}
-    assert sorted(r["width"] for r in rows) == [1, 1, 2, 2]
-    epochs = pq.read_table(out / "rs" / "epochs.parquet").to_pylist()
-    keys = [(e["trial_id"], e["epoch"]) for e in epochs]
-    assert len(keys) == len(set(keys)) == sum(r["epochs_run"] for r in rows)
-    rerun = [line for line in result.stdout.splitlines() if line.strip().startswith(("w1 [", "w2 ["))]
-    assert len(rerun) == 4 - len(finished_before), "a finished trial was run again"
-    for ts in studies(out / "rs").values():
-        # a trial asked just before the kill, unknown to the restored searcher, is closed as FAIL
-        assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in ts) == 2
-        assert all(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in ts)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("rs").experiment_id],
-                              filter_string="tags.`rwt.kind` = 'trial'")
-    assert sorted(r.data.tags["ray_trial_id"] for r in runs) == sorted(r["trial_id"] for r in rows)
-    for run, row in ((r, {t["trial_id"]: t for t in rows}[r.data.tags["ray_trial_id"]]) for r in runs):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_robust_acc")]
-        assert sorted(steps) == list(range(1, row["epochs_run"] + 1)), "a metric step logged twice or missing"
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -135,14 +135,18 @@ class SearchPlan:
 
 
 def parse_widths(text: str) -> list[int]:
-    """"1,4,10" → [1, 4, 10], sorted and deduplicated; each a positive integer."""
-    try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"--widths takes comma-separated positive integers like 1,4,10, got {text!r}") from None
-    if not widths or any(w <= 0 for w in widths):
-        raise ConfigError(f"--widths takes comma-separated positive integers like 1,4,10, got {text!r}")
-    return sorted(set(widths))
+    """"1,4,10" → [1, 4, 10], sorted; each a positive integer, given once."""
+    usage = f"--widths takes comma-separated positive integers like 1,4,10, got {text!r}"
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ConfigError(usage)
+    widths = [int(part) for part in parts]
+    if any(w <= 0 for w in widths):
+        raise ConfigError(usage)
+    repeated = sorted({w for w in widths if widths.count(w) > 1})
+    if repeated:
+        raise ConfigError(f"--widths gives width {', '.join(map(str, repeated))} more than once: list each width once")
+    return sorted(widths)
 
 
 def parse_lam_range(value: Any) -> tuple[float, float]:

@@ -53,6 +53,9 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go (default runs)")
     parser.add_argument("--name", help="run name (default <preset>-<date>-<time>); the run directory is OUT/NAME")
     parser.add_argument("--predict", help="widths to recommend λ for from the fitted scaling rule, e.g. 15,20")
+    parser.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                        help="how often the status of running trials is printed when output is not a terminal "
+                             "(default 30; a terminal shows it live)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run --name (default: the newest run in --out)")
     add_trial_arguments(parser)
@@ -90,19 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
     from tuner.orchestration.trials import TrialConfigError, run_search
 
-    reconciled = resume.reconcile(plan) if args.resume else None
-    tracker = tracking.Tracker(tracking_uri, plan)
+    from tuner.orchestration.progress import Console
+
+    console = Console()
+    reconciled = resume.reconcile(plan, echo=console.line) if args.resume else None
+    tracker = tracking.Tracker(tracking_uri, plan, echo=console.line)
     if reconciled is not None:
         tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs)
         tracker.close_orphans(reconciled.keep)
-    cluster.connect(args.address, tracking_uri=tracking_uri)
+    dashboard = cluster.connect(args.address, tracking_uri=tracking_uri)
     stages["ray"] = time.time()
     print(cluster.describe_capacity(plan))
+    if dashboard:
+        print(f"ray dashboard: {dashboard}")
     warn_about_cluster_storage(plan, tracking_uri, cluster.node_count())
 
     print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
     try:
-        outcome = run_search(plan, tracker=tracker)
+        outcome = run_search(plan, tracker=tracker, console=console, progress_every=args.progress_every)
     except TrialConfigError:
         report_unlogged(tracker.close("FAILED"))
         raise

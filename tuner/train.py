@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner import cli
+from tuner.errors import ConfigError
 from tuner.core.training import prepare, run_trial
 from tuner.presets import DEFAULT_PRESET, add_trial_arguments, load_preset, trial_overrides
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     config = preset.trial_config(width=args.width, lam=args.lam, **trial_overrides(args))
     prepared = prepare(config)  # validates data and model before anything is written
     out = args.out or Path("runs/train") / f"{preset.name}-w{config.width}-lam{config.lam:g}-s{config.seed}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a directory (an existing one resumes its trial)")
     print(f"trial: {preset.name}, {config.model} width {config.width}, {config.method} λ={config.lam:g}, "
           f"seed {config.seed}, {config.epochs} epochs on {prepared.device} → {out}")
     metrics = run_trial(prepared, work_dir=out)

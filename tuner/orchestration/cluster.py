@@ -43,21 +43,24 @@ def quiet() -> None:
             handler.addFilter(DropNoise())
 
 
-def connect(address: str | None, *, tracking_uri: str) -> None:
-    """Start or join Ray; trial output stays in the trials' logs, the driver prints one line per trial.
+def connect(address: str | None, *, tracking_uri: str) -> str | None:
+    """Start or join Ray; returns the URL of Ray's dashboard (None if it has none).
 
-    The driver alone logs to MLflow, but every process of the search gets MLFLOW_TRACKING_URI on
-    every node (for code of your own in a trial), unless it runs in a Ray job whose runtime env
-    sets it already: Ray refuses one variable from two places.
+    Trial output stays in the trials' logs; the driver prints one line per trial. The driver
+    alone logs to MLflow, but every process of the search gets MLFLOW_TRACKING_URI on every node
+    (for code of your own in a trial), unless it runs in a Ray job whose runtime env sets it
+    already: Ray refuses one variable from two places.
     """
     quiet()
     if ray.is_initialized():
-        return
+        return None
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     env_vars = {} if in_job and "MLFLOW_TRACKING_URI" in os.environ else {"MLFLOW_TRACKING_URI": tracking_uri}
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": env_vars} if env_vars else None)
+    context = ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                       runtime_env={"env_vars": env_vars} if env_vars else None)
     quiet()  # ray.init may have set up its handlers again
+    url = context.dashboard_url
+    return None if not url else url if "://" in url else f"http://{url}"
 
 
 def node_count() -> int:

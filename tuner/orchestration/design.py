@@ -35,6 +35,8 @@ from optuna.trial import TrialState
 
 from tuner.plan import SearchPlan
 
+STATUS = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "early_stopped", TrialState.FAIL: "error"}
+
 @dataclass(frozen=True)
 class Budget:
     """The budget logic's settings (a search plan's, or a simulation's)."""
@@ -202,9 +204,14 @@ class Proposer:
             trial.report(value, epoch)
 
     def tell(self, proposal: Proposal, state: TrialState, value: float | None = None) -> None:
-        """Close the trial: COMPLETE with its selected value, PRUNED when stopped early, FAIL on an error."""
-        self.live.pop((proposal.width, proposal.number), None)
+        """Close the trial: COMPLETE with its selected value, PRUNED when stopped early, FAIL on an error.
+
+        Its `status` user attribute says the same in the words of the Parquet results.
+        """
+        trial = self.live.pop((proposal.width, proposal.number), None)
         study = self.studies[proposal.width]
         if study.get_trials(deepcopy=False)[proposal.number].state.is_finished():
             return
+        if trial is not None:
+            trial.set_user_attr("status", STATUS[state])
         study.tell(proposal.number, value if state == TrialState.COMPLETE else None, state=state)

@@ -20,7 +20,6 @@ import time
 import urllib.parse
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from tuner.core.training import BEST, select_epoch
 from tuner.errors import ConfigError
 from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
+from tuner.orchestration.progress import Console, Progress
 from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, OBJECTIVE, run_reported
 from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
@@ -54,7 +54,7 @@ EXPERIMENT = "search"  # the Tune experiment's folder under the plan's Tune stor
 DATA_PARALLEL_DRIVER = {"cpu": 0, "memory": 512 * 2**20}
 
 
-def trial_function(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], resources: dict[int, TrialResources],
+def rwt_trial(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], resources: dict[int, TrialResources],
                    storage: str, recorded: frozenset[str] = frozenset()) -> None:
     """One Tune trial: the core trial of `config`'s width, λ and seed, resuming from its checkpoint if any.
 
@@ -75,6 +75,7 @@ def trial_function(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], 
         checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
         tune.report(metrics, checkpoint=checkpoint)
 
+    print(f"trial {trial_name(width, trial.lam, trial.seed, trial_id)}: width {width}, λ={trial.lam:g}, seed {trial.seed}")
     run_reported(trial, checkpoint=tune.get_checkpoint(), report=report, started_at=started_at)
 
 
@@ -255,13 +256,20 @@ class ResultsCallback(tune.Callback):
     trial that reports bad input (the search stops with that one line instead of retrying).
     """
 
-    def __init__(self, plan: SearchPlan, tracker: Tracker, *, echo: Callable[[str], None] = print) -> None:
-        self.plan, self.tracker, self.echo = plan, tracker, echo
+    def __init__(self, plan: SearchPlan) -> None:
+        self.plan = plan
+        self.tracker: Tracker | None = None
+        self.console: Console | None = None
         self.interrupted = False
         self.config_error: str | None = None  # the first bad input a trial reported
+        self._linked: set[str] = set()  # trials whose Optuna trial names their MLflow run
+
+    def attach(self, *, tracker: Tracker, console: Console) -> None:
+        """This driver's tracker and console (a restored experiment brings an unpickled callback without them)."""
+        self.tracker, self.console = tracker, console
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
-        return {**self.__dict__, "tracker": None}
+        return {**self.__dict__, "tracker": None, "console": None}
 
     def setup(self, **info: Any) -> None:
         """Wrap the SIGINT handler Tune has just installed, to know that it ended the run."""
@@ -281,7 +289,22 @@ class ResultsCallback(tune.Callback):
             self._record(trial, "error", error=result[CONFIG_ERROR])
             self.config_error = self.config_error or result[CONFIG_ERROR]
             return
+        self._link_mlflow_run(trial)
         self.tracker.log_epochs(identity(trial), result.get("history", []))
+
+    def _link_mlflow_run(self, trial: Any) -> None:
+        """Give the trial's Optuna trial its MLflow run id at its first report (while it still runs)."""
+        if trial.trial_id in self._linked:
+            return
+        run_id = self.tracker.trial_run_now(identity(trial))
+        if run_id is None:
+            return
+        storage = JournalStorage(JournalFileBackend(str(self.plan.optuna_storage)))
+        study_id = storage.get_study_id_from_name(self.plan.study_name(trial.config["width"]))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.config["optuna_trial"])
+        if not storage.get_trial(trial_id).state.is_finished():
+            storage.set_trial_user_attr(trial_id, "mlflow_run_id", run_id)
+            self._linked.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "completed" if (trial.last_result or {}).get(FINISHED) else "early_stopped")
@@ -303,7 +326,7 @@ class ResultsCallback(tune.Callback):
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
                   f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
         seed = f" seed {row['seed']}" if self.plan.seeds > 1 else ""
-        self.echo(f"  w{width} [{done}/{self.plan.trials_per_width}] λ={row['lam']:<8.3g}{seed} {status:<13} "
+        self.console.line(f"  w{width} [{done}/{self.plan.trials_per_width}] λ={row['lam']:<8.3g}{seed} {status:<13} "
                   f"{plural(row['epochs_run'], 'epoch')}  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
@@ -332,7 +355,7 @@ class Outcome:
     interrupted: bool
 
 
-def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None] = print) -> Outcome:
+def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress_every: float = 30.0) -> Outcome:
     """Run (or, if its Tune experiment exists, resume) every width's study in one Tune run.
 
     Raises TrialConfigError when a trial found bad input (the run is stopped, not retried).
@@ -341,22 +364,20 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
     bases = {width: plan.trial.replace(width=width).to_dict() for width in plan.widths}
     recorded = frozenset(ResultsStore(plan.run_dir).trials)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_function, bases=bases, resources=plan.resources,
+        tune.with_parameters(rwt_trial, bases=bases, resources=plan.resources,
                              storage=f"{plan.tune_storage}/workers", recorded=recorded),
         TrialRequest(plan.resources))
-    results = ResultsCallback(plan, tracker, echo=echo)
     if tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=False)
-        # the restored callbacks are unpickled copies: give them this driver's tracker and echo
-        for callback in tuner._local_tuner._run_config.callbacks:
-            if isinstance(callback, ResultsCallback):
-                results = callback
-                callback.tracker, callback.echo = tracker, echo
+        # the restored callbacks are unpickled copies, without this driver's tracker and console
+        callbacks = tuner._local_tuner._run_config.callbacks
     else:
         budget = Budget.of(plan)
         caps = {width: plan.concurrency_for(width, ray.cluster_resources()) for width in plan.widths}
         searcher = WidthSearcher(budget, journal=plan.optuna_storage, name=plan.name, caps=caps)
         searcher.orphan_running()  # a resume without Tune's state: no Tune trial will finish those
+        callbacks = [JsonLoggerCallback(), ResultsCallback(plan),
+                     Progress(total=len(plan.widths) * plan.trials_per_width, every=progress_every)]
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -368,11 +389,17 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, echo: Callable[[str], None
                 trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=plan.tune_storage, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=plan.max_retries), stop=StopOnConfigError(results),
+                failure_config=tune.FailureConfig(max_failures=plan.max_retries),
+                stop=StopOnConfigError(callbacks[1]),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[JsonLoggerCallback(), results],
+                callbacks=callbacks,
             ),
         )
+    (results,) = [c for c in callbacks if isinstance(c, ResultsCallback)]
+    results.attach(tracker=tracker, console=console)
+    for callback in callbacks:
+        if isinstance(callback, Progress):
+            callback.attach(console)
     try:
         tuner.fit()
     finally:

@@ -57,7 +57,7 @@ def run_reported(trial: TrialConfig, *, checkpoint: Any, report: Report, started
     try:
         if checkpoint is not None:
             checkpoint.to_directory(str(work_dir / CHECKPOINT_DIR))
-        run_trial(prepared, work_dir=work_dir, log=None,
+        run_trial(prepared, work_dir=work_dir, log=print,  # per-epoch lines in the trial's log
                   on_epoch=lambda epoch: report(epoch_metrics(epoch, started_at=started_at), epoch.checkpoint_dir))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -141,6 +141,7 @@ class Tracker:
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(plan.name, tags=EXPERIMENT_KIND))
         self._runs: dict[tuple[str, str], str] = {}
+        self._run_lock = threading.RLock()
         self._logged_steps: dict[str, int] = {}
         self.failures = Failures()
         self._queue: queue.Queue[Operation | None] = queue.Queue()
@@ -230,6 +231,17 @@ class Tracker:
             if operation is not None:
                 self.failures.add(operation.what, TimeoutError(f"no answer from {self.uri} within {timeout:.0f}s"))
         return self.failures
+
+    def trial_run_now(self, trial: dict[str, Any]) -> str | None:
+        """The trial's MLflow run id, found or created now; None while the server is not answering."""
+        if self._unreachable_since is not None:
+            return None
+        try:
+            return self._trial_run(trial)
+        except Exception as exc:  # noqa: BLE001 - the logging thread retries and reports
+            if is_permanent(exc):
+                self.failures.add(self._trial_label(trial), exc)
+            return None
 
     # ------------------------------------------------------------------ the background thread
 
@@ -343,15 +355,22 @@ class Tracker:
     def _run(self, kind: str, key: str, *, run_name: str, parent: str | None, params: dict[str, Any],
              tags: dict[str, str] | None = None) -> str:
         """The run of this kind and key in the experiment, created (with params) if it is not there."""
-        if (kind, key) in self._runs:
+        with self._run_lock:  # the driver's thread and the logging thread must not both create it
+            if (kind, key) not in self._runs:
+                self._runs[(kind, key)] = self._find_or_create_run(kind, key, run_name=run_name, parent=parent,
+                                                                   params=params, tags=tags)
             return self._runs[(kind, key)]
+
+    def _find_or_create_run(self, kind: str, key: str, *, run_name: str, parent: str | None,
+                            params: dict[str, Any], tags: dict[str, str] | None) -> str:
         key_tag = {"search": SEARCH, "width": WIDTH, "trial": TRIAL_ID}[kind]
         found = self.client.search_runs([self.experiment_id],
                                         filter_string=f"tags.`{KIND}` = '{kind}' and tags.`{key_tag}` = '{key}'",
                                         max_results=1)
         if found:
             run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING" and kind != "trial":
+            finished_trial = kind == "trial" and "status" in found[0].data.tags  # a resume's catch-up
+            if found[0].info.status != "RUNNING" and not finished_trial:
                 self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {KIND: kind, SEARCH: self.plan.name, MLFLOW_RUN_NAME: run_name, **(tags or {})}
@@ -359,5 +378,4 @@ class Tracker:
                 all_tags[MLFLOW_PARENT_RUN_ID] = parent
             run_id = self.client.create_run(self.experiment_id, tags=all_tags, run_name=run_name).info.run_id
             self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self._runs[(kind, key)] = run_id
         return run_id
