@@ -97,7 +97,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, loss_fn: AttackLoss, *, epsilon:
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, steps: int = 20,
         step_size: float | None = None) -> torch.Tensor:
     """PGD on cross-entropy with the true labels from a uniform random start (REFERENCE.md section 3); step ε/4 by default."""
-    return pgd_linf(model, x, lambda logits: F.cross_entropy(logits, y, reduction="none"), epsilon=epsilon,
+    return pgd_linf(model, x, lambda logits: ce_loss(logits, y), epsilon=epsilon,
                     step_size=epsilon / 4 if step_size is None else step_size, steps=steps, start="uniform").x_adv
 
 
@@ -158,7 +158,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: ApgdLoss, 
     lower, upper = linf_box(x, epsilon)
     direction = 2 * torch.rand_like(x) - 1  # random start on the boundary of the ε-ball
     scale = epsilon / direction.flatten(1).abs().amax(1).clamp_min(1e-12)
-    start = torch.clamp(x + scale.view(-1, *[1] * (x.dim() - 1)) * direction, lower, upper)
+    start = torch.clamp(x + view(scale, x) * direction, lower, upper)
 
     def evaluate(point: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
         point.requires_grad_(True)
