@@ -43,3 +43,13 @@ def undefended(digits: Dataset) -> torch.nn.Module:
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return model
+
+
+@pytest.fixture(scope="session")
+def trades_quick(tmp_path_factory) -> tuple[torch.nn.Module, Dataset]:
+    """A cnn of width 4 trained with TRADES (λ = 6) for 3 epochs of the quick preset, and its data."""
+    from tuner.core.training import prepare, run_trial
+
+    prepared = prepare(load_preset("quick").trial_config(width=4, lam=6.0, epochs=3))
+    run_trial(prepared, work_dir=tmp_path_factory.mktemp("trades_quick"), log=None)
+    return prepared.model.eval(), prepared.data
