@@ -19,7 +19,7 @@ RANKS = {
     "tuner.outputs": 5,
     "tuner.analysis": 6,
     "tuner.orchestration": 7,
-    "tuner.train": 8, "tuner.fit": 8, "tuner.search": 9,
+    "tuner.train": 8, "tuner.fit": 8, "tuner.search": 9, "tuner.evaluate": 10,
 }
 
 

@@ -20,24 +20,6 @@ def test_single_trial_writes_metrics_json(tmp_path):
     assert 0 < metrics["test_robust_acc"] <= metrics["test_natural_acc"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--width", "0", "--lam", "6"], "width must be a positive integer"),
-    (["--width", "-3", "--lam", "6"], "width must be a positive integer"),
-    (["--width", "1", "--lam", "-1"], "lam must be >= 0"),
-    (["--width", "1", "--lam", "6", "--preset", "huge"], "unknown preset 'huge'"),
-    (["--width", "1", "--lam", "6", "--method", "mart"], "unknown method 'mart'"),
-    (["--width", "1", "--lam", "6", "--preset", "cifar10-small", "--data-dir", "/nonexistent/cifar"],
-     "no CIFAR-10 found in /nonexistent/cifar"),
-    (["--width", "1", "--lam", "6", "--preset", "cifar10-small"], "--data-dir"),
-    (["--width", "x", "--lam", "6"], "invalid int value"),
-    (["--lam", "6"], "--width"),
-])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, fragment):
-    result = run_command("tuner.train", *args, "--epochs", "1", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert_usage_error(result, fragment)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_unknown_model_or_dataset_in_a_preset_file(tmp_path):
     from tuner.presets import load_preset
     import yaml

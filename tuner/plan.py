@@ -15,13 +15,15 @@ from typing import Any
 
 from tuner.cli import plural
 from tuner.core.config import TrialConfig
+from tuner.core.suites import get_suite
 from tuner.errors import ConfigError
 from tuner.presets import Preset
 
 SAMPLERS = ("tpe", "gp")
 # every key a preset's `search:` mapping may hold (an unknown one is a typo, refused by name)
 SEARCH_KEYS = ("widths", "lam_range", "trials", "seeds", "startup", "paired", "sampler", "grace_period",
-               "reduction_factor", "resources", "concurrency", "max_retries", "initial_lams", "storage")
+               "reduction_factor", "resources", "concurrency", "max_retries", "initial_lams", "storage", "evaluation")
+EVALUATION_KEYS = ("suite", "trials", "ranking", "examples")
 RESOURCE_FLAGS = {"workers": "--workers-per-trial", "cpus": "--cpus-per-trial", "gpus": "--gpus-per-trial"}
 
 
@@ -59,6 +61,45 @@ class TrialResources:
 
 
 @dataclass(frozen=True)
+class StrongEvaluation:
+    """What the search evaluates with an attack suite (worst case per example) once a width is done.
+
+    `trials`: "best" (each width's best trial, on test), "top-K" (its K best) or "off";
+    `ranking`: how many of each width's best trials are re-evaluated on validation to check whether
+    the best λ changes under the strong attack (0: no check); `examples`: the first N examples of a
+    split (None: all of it).
+    """
+
+    suite: str
+    trials: str
+    ranking: int
+    examples: int | None
+
+    @property
+    def test_count(self) -> int:
+        return 0 if self.trials == "off" else 1 if self.trials == "best" else int(self.trials.removeprefix("top-"))
+
+
+def parse_evaluation(values: Any) -> StrongEvaluation:
+    """A preset's `search.evaluation` mapping, checked: suite, trials (best | top-K | off), ranking, examples."""
+    if not isinstance(values, dict):
+        raise ConfigError("a preset's search.evaluation must be a mapping like {suite: fast, trials: best, ranking: 3}")
+    unknown = sorted(set(values) - set(EVALUATION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown search.evaluation setting(s) {', '.join(unknown)}; known: {', '.join(EVALUATION_KEYS)}")
+    suite = get_suite(str(values.get("suite", "standard"))).name
+    trials = str(values.get("trials", "best"))
+    if not (trials in ("best", "off") or (trials.startswith("top-") and trials[4:].isdigit() and int(trials[4:]) >= 1)):
+        raise ConfigError(f"search.evaluation.trials must be best, top-K (e.g. top-3) or off, got {trials!r}")
+    ranking, examples = values.get("ranking", 3), values.get("examples")
+    if not isinstance(ranking, int) or ranking < 0 or ranking == 1:
+        raise ConfigError(f"search.evaluation.ranking must be 0 (no check) or a whole number >= 2, got {ranking!r}")
+    if examples is not None and (not isinstance(examples, int) or examples < 1):
+        raise ConfigError(f"search.evaluation.examples must be a positive whole number or null (all), got {examples!r}")
+    return StrongEvaluation(suite, trials, ranking, examples)
+
+
+@dataclass(frozen=True)
 class SearchPlan:
     name: str
     run_dir: Path
@@ -80,6 +121,7 @@ class SearchPlan:
     seed: int
     initial_lams: list[float]  # evaluated first (e.g. known defaults), then the sampler takes over
     storage: str | None  # Ray Tune/Train storage root shared by all nodes (s3://… or a mounted path)
+    evaluation: StrongEvaluation
 
     @property
     def optuna_storage(self) -> Path:
@@ -230,6 +272,7 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
         concurrency=None if values["concurrency"] is None else int(values["concurrency"]),
         max_retries=int(values["max_retries"]), seed=trial.seed,
         initial_lams=initial_lams, storage=resolve_storage(values.get("storage")),
+        evaluation=parse_evaluation(values.get("evaluation") or {}),
     )
     _validate(plan)
     return plan

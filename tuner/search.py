@@ -25,7 +25,7 @@ from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
-from tuner.outputs.results import EPOCHS_FILE, STATUSES, TRIALS_FILE, ResultsStore, best_trial
+from tuner.outputs.results import EPOCHS_FILE, EVALUATION_FILE, STATUSES, TRIALS_FILE, EvaluationStore, ResultsStore, best_trial
 
 SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
     print(plan.describe())
     stages["validated"] = time.time()
-    record = {"argv": argv, "name": plan.name, "stages": stages}
+    record = {"argv": argv, "name": plan.name, "tracking_uri": tracking_uri, "stages": stages}
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
 
     if starts_local_ray(args.address):
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     reconciled = resume.reconcile(plan, echo=console.line) if args.resume else None
     tracker = tracking.Tracker(tracking_uri, plan, echo=console.line)
     if reconciled is not None:
-        tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs)
+        tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs,
+                         list(EvaluationStore(plan.run_dir).rows.values()))
         tracker.close_orphans(reconciled.keep)
     dashboard = cluster.connect(args.address, tracking_uri=tracking_uri)
     stages["ray"] = time.time()
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; first error: {errors[0]}" if errors else ""), file=sys.stderr)
         report_unlogged(tracker.close("FAILED"))
         return 1
-    tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE])
+    tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE, plan.run_dir / EVALUATION_FILE])
     fit_scaling_rule(plan, tracker, predict)
     report_unlogged(tracker.close())
     stages["finished"] = time.time()
@@ -219,6 +220,22 @@ def resume_arguments(args: Any) -> tuple[Any, list[str]]:
     return build_parser().parse_args(argv), stored["argv"]
 
 
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """What search.json says of a run (its arguments, name, tracking URI); ConfigError if it is not a search's."""
+    saved = Path(run_dir) / SEARCH_FILE
+    if not saved.exists():
+        raise ConfigError(f"{run_dir} is not the run directory of a search (no {SEARCH_FILE}): pass runs/<name>")
+    return json.loads(saved.read_text())
+
+
+def run_plan(run_dir: Path) -> SearchPlan:
+    """The plan a run directory's search was started with (as --resume rebuilds it)."""
+    run_dir = Path(run_dir).resolve()
+    record = run_record(run_dir)
+    argv = [a for a in record["argv"] if a != "--resume"] + ["--name", record["name"], "--out", str(run_dir.parent)]
+    return make_plan(build_parser().parse_args(argv))
+
+
 def starts_local_ray(address: str | None) -> bool:
     """Whether the search starts a Ray for this machine rather than joining a cluster."""
     return address in (None, "local") and "RAY_ADDRESS" not in os.environ
@@ -239,22 +256,43 @@ def check_address(address: str | None) -> None:
 
 
 def print_summary(plan: SearchPlan, stages: dict[str, float], tracking_uri: str, *, state: str) -> None:
+    """The per-width table (PGD-20 and the strong suite side by side), the ranking check, and where things are."""
+    from tuner.orchestration.evaluation import best_on_test, ranking_check
+
     store = ResultsStore(plan.run_dir)
+    rows = list(store.trials.values())
+    evaluations = list(EvaluationStore(plan.run_dir).rows.values())
     print(f"\nsearch {plan.name} {state} after {time.time() - stages['started']:.0f}s: "
-          f"{len(store.trials)} of {len(plan.widths) * plan.trials_per_width} trials recorded")
+          f"{len(rows)} of {len(plan.widths) * plan.trials_per_width} trials recorded")
     print(f"{'width':>5} {'best λ':>8} {'val rob':>8} {'val nat':>8} {'val stab':>8} "
-          f"{'test rob':>8} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
+          f"{'test rob':>8} {'test strong':>11} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
     for width in plan.widths:
-        rows = store.for_width(width)
-        counts = "/".join(str(sum(r["status"] == s for r in rows)) for s in STATUSES)
-        best = best_trial(rows)
+        width_rows = store.for_width(width)
+        counts = "/".join(str(sum(r["status"] == s for r in width_rows)) for s in STATUSES)
+        best = best_trial(width_rows)
         if best is None:
-            print(f"{width:>5} {'-':>8} {'(no completed trial)':>44}  {counts}")
+            print(f"{width:>5} {'-':>8} {'(no completed trial)':>56}  {counts}")
             continue
+        strong = best_on_test(rows, evaluations, width)
+        strong_text = "-" if strong is None else f"{strong['strong_robust_acc']:.3f}"
         print(f"{width:>5} {best['lam']:>8.3g} {best['val_robust_acc']:>8.3f} {best['val_natural_acc']:>8.3f} "
-              f"{best['val_stability']:>8.3f} {best['test_robust_acc']:>8.3f} {best['test_natural_acc']:>8.3f} "
-              f"{best['test_stability']:>9.3f}  {counts}")
-    print(f"results: {plan.run_dir / TRIALS_FILE} (and epochs.parquet)")
+              f"{best['val_stability']:>8.3f} {best['test_robust_acc']:>8.3f} {strong_text:>11} "
+              f"{best['test_natural_acc']:>8.3f} {best['test_stability']:>9.3f}  {counts}")
+    print(f"test rob: PGD-20 on the whole test split; test strong: suite {plan.evaluation.suite} (worst case per "
+          f"example{'' if plan.evaluation.examples is None else f', first {plan.evaluation.examples} examples'})")
+    for check in ranking_check(rows, evaluations, suite=plan.evaluation.suite):
+        if check["changed"]:
+            print(f"ranking check w{check['width']}: under {check['suite']} the best of the top {check['trials']} is "
+                  f"λ={check['best_lam_strong']:.3g}, not λ={check['best_lam_pgd20']:.3g} as under PGD-20: PGD-20 "
+                  f"overstates some λ (a sign of gradient masking); prefer the strong ranking")
+        elif check["best_lam_strong"] != check["best_lam_pgd20"]:
+            print(f"ranking check w{check['width']}: under {check['suite']} λ={check['best_lam_strong']:.3g} edges out "
+                  f"λ={check['best_lam_pgd20']:.3g} (PGD-20's best of the top {check['trials']}) by "
+                  f"{check['difference']:.3f}, within noise (±{check['noise_margin']:.3f}): no sign of gradient masking")
+        else:
+            print(f"ranking check w{check['width']}: the best of the top {check['trials']} on validation is "
+                  f"λ={check['best_lam_pgd20']:.3g} under PGD-20 and under {check['suite']} alike")
+    print(f"results: {plan.run_dir / TRIALS_FILE} (and epochs.parquet, evaluation.parquet)")
     print(f"optuna:  {plan.optuna_storage} (optuna-dashboard {plan.optuna_storage})")
     print(f"mlflow:  {tracking_uri}, experiment {plan.name} (mlflow ui --backend-store-uri {tracking_uri})")
 

@@ -36,15 +36,16 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from tuner.cli import plural
+from tuner import cli
 from tuner.core.config import TrialConfig
-from tuner.core.training import BEST, select_epoch
+from tuner.core.training import select_epoch
 from tuner.errors import ConfigError
 from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
+from tuner.orchestration.evaluation import StrongEvaluations, selected_checkpoint
 from tuner.orchestration.progress import Console, Progress
 from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, OBJECTIVE, run_reported
-from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, ResultsStore, best_trial
+from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, EvaluationStore, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
 from tuner.plan import SearchPlan, TrialResources, trial_name
 
@@ -260,16 +261,18 @@ class ResultsCallback(tune.Callback):
         self.plan = plan
         self.tracker: Tracker | None = None
         self.console: Console | None = None
+        self.evaluations: StrongEvaluations | None = None
         self.interrupted = False
         self.config_error: str | None = None  # the first bad input a trial reported
         self._linked: set[str] = set()  # trials whose Optuna trial names their MLflow run
 
-    def attach(self, *, tracker: Tracker, console: Console) -> None:
-        """This driver's tracker and console (a restored experiment brings an unpickled callback without them)."""
-        self.tracker, self.console = tracker, console
+    def attach(self, *, tracker: Tracker, console: Console, evaluations: StrongEvaluations) -> None:
+        """This driver's tracker, console and strong evaluations (a restored experiment brings an unpickled
+        callback without them)."""
+        self.tracker, self.console, self.evaluations = tracker, console, evaluations
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks with the experiment
-        return {**self.__dict__, "tracker": None, "console": None}
+        return {**self.__dict__, "tracker": None, "console": None, "evaluations": None}
 
     def setup(self, **info: Any) -> None:
         """Wrap the SIGINT handler Tune has just installed, to know that it ended the run."""
@@ -323,11 +326,13 @@ class ResultsCallback(tune.Callback):
         self.tracker.finish_trial(row, history)
         width = row["width"]
         done = len(store.for_width(width))
+        if done == self.plan.trials_per_width:
+            self.evaluations.width_done(width, list(store.trials.values()))
         detail = (f"val robust {row['val_robust_acc']:.3f} natural {row['val_natural_acc']:.3f} "
                   f"stability {row['val_stability']:.3f}" if row["val_robust_acc"] is not None else row.get("error", ""))
         seed = f" seed {row['seed']}" if self.plan.seeds > 1 else ""
         self.console.line(f"  w{width} [{done}/{self.plan.trials_per_width}] λ={row['lam']:<8.3g}{seed} {status:<13} "
-                  f"{plural(row['epochs_run'], 'epoch')}  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
+                  f"{cli.plural(row['epochs_run'], 'epoch')}  {detail}  ({row['wall_seconds'] or 0:.0f}s)")
 
 
 class StopOnConfigError(tune.Stopper):
@@ -395,8 +400,9 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress
                 callbacks=callbacks,
             ),
         )
+    evaluations = StrongEvaluations(plan, EvaluationStore(plan.run_dir))
     (results,) = [c for c in callbacks if isinstance(c, ResultsCallback)]
-    results.attach(tracker=tracker, console=console)
+    results.attach(tracker=tracker, console=console, evaluations=evaluations)
     for callback in callbacks:
         if isinstance(callback, Progress):
             callback.attach(console)
@@ -409,19 +415,14 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress
     if results.interrupted:
         return Outcome(interrupted=True)
     store = ResultsStore(plan.run_dir)
+    rows = list(store.trials.values())
+    for width in plan.widths:
+        evaluations.width_done(width, rows)  # those done before a resume, or whose last trial ended the run
+    if evaluations.pending:
+        console.line(f"waiting for {cli.plural(len(evaluations.pending), 'strong evaluation')} "
+                     f"({plan.evaluation.suite} suite)")
+    evaluations.collect(on_row=lambda request, row: tracker.log_evaluation(request.row, row), warn=console.line)
     for width in plan.widths:
         best = best_trial(store.for_width(width))
-        tracker.finish_width(width, best, selected_checkpoint(best, plan))
+        tracker.finish_width(width, best, None if best is None else selected_checkpoint(best, plan.run_dir))
     return Outcome(interrupted=False)
-
-
-def selected_checkpoint(row: dict[str, Any] | None, plan: SearchPlan) -> Path | None:
-    """The selected checkpoint (best.pt) of a trial as a local file: where it lies on local storage, else a
-    copy downloaded into the run directory (best/w<width>/)."""
-    if row is None or not row["checkpoint"]:
-        return None
-    if "://" not in row["checkpoint"]:
-        return Path(row["checkpoint"]) / BEST
-    local = plan.run_dir / "best" / f"w{row['width']}"
-    tune.Checkpoint(row["checkpoint"]).to_directory(str(local))
-    return local / BEST

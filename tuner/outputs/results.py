@@ -103,3 +103,42 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 def _write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
     write_atomically(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp))
+
+
+EVALUATION_FILE = "evaluation.parquet"
+EVALUATION_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("width", pa.int32()),
+    ("lam", pa.float64()),
+    ("seed", pa.int64()),
+    ("split", pa.string()),  # test or val
+    ("suite", pa.string()),
+    ("epsilon", pa.float64()),
+    ("examples", pa.int32()),
+    ("natural_acc", pa.float64()),
+    ("pgd_robust_acc", pa.float64()),  # PGD-20 (the trial's evaluation attack) on the same examples
+    ("strong_robust_acc", pa.float64()),  # worst case per example over the suite and the clean input
+    ("broken", pa.map_(pa.string(), pa.int64())),  # per attack: the examples it broke that nothing before it had
+    ("seconds", pa.float64()),
+    ("evaluated_at", pa.timestamp("us", tz="UTC")),
+])
+EVALUATION_KEY = ("trial_id", "split", "suite", "examples")
+
+
+class EvaluationStore:
+    """The strong evaluations of one run directory, one row per trial × split × suite × examples, written atomically."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / EVALUATION_FILE
+        self.rows = {key_of(row): row for row in _read(self.path)}
+
+    def has(self, key: tuple) -> bool:
+        return key in self.rows
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.rows[key_of(row)] = {name: row.get(name) for name in EVALUATION_SCHEMA.names}
+        _write(self.path, list(self.rows.values()), EVALUATION_SCHEMA)
+
+
+def key_of(row: dict[str, Any]) -> tuple:
+    return tuple(row[name] for name in EVALUATION_KEY)

@@ -141,6 +141,7 @@ class Tracker:
         self.experiment_id = (experiment.experiment_id if experiment is not None
                               else self.client.create_experiment(plan.name, tags=EXPERIMENT_KIND))
         self._runs: dict[tuple[str, str], str] = {}
+        self.search_status_before: str | None = None  # of a search run found again (a resume, an evaluation)
         self._run_lock = threading.RLock()
         self._logged_steps: dict[str, int] = {}
         self.failures = Failures()
@@ -189,10 +190,34 @@ class Tracker:
         self._submit("search run metrics", lambda: self.client.log_batch(
             self.search_run, metrics=[Metric("fit_a", a, now, 0), Metric("fit_b", b, now, 0)]))
 
-    def catch_up(self, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> None:
+    def log_evaluation(self, trial: dict[str, Any], evaluation: dict[str, Any]) -> None:
+        """A strong evaluation as metrics of the trial's run: `<split>_strong_robust_acc`, `<split>_strong_pgd20_robust_acc`
+        (PGD-20 on the same examples), `<split>_strong_natural_acc` and `<split>_broken_<attack>` per attack."""
+        split = evaluation["split"]
+        values = {f"{split}_strong_robust_acc": evaluation["strong_robust_acc"],
+                  f"{split}_strong_pgd20_robust_acc": evaluation["pgd_robust_acc"],
+                  f"{split}_strong_natural_acc": evaluation["natural_acc"],
+                  **{f"{split}_broken_{attack}": count for attack, count in dict(evaluation["broken"]).items()}}
+
+        def log() -> None:
+            run_id = self._trial_run(trial)
+            if f"{split}_strong_robust_acc" in self.client.get_run(run_id).data.metrics:
+                return  # logged before (a resume's catch-up)
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
+                                  tags=[RunTag(f"{split}_strong_suite", evaluation["suite"])])
+
+        self._submit(self._trial_label(trial), log)
+
+    def catch_up(self, rows: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]],
+                 evaluations: list[dict[str, Any]]) -> None:
         """Log what the Parquet results hold and MLflow may lack (after a resume, or a server that was away)."""
         for row in rows:
             self.finish_trial(row, epochs.get(row["trial_id"], []))
+        trials = {row["trial_id"]: row for row in rows}
+        for evaluation in evaluations:
+            if evaluation["trial_id"] in trials:
+                self.log_evaluation(trials[evaluation["trial_id"]], evaluation)
 
     def close_orphans(self, keep: set[str]) -> None:
         """End, as KILLED and marked `orphaned_trial`, the running trial runs of trials no store kept.
@@ -370,6 +395,8 @@ class Tracker:
         if found:
             run_id = found[0].info.run_id
             finished_trial = kind == "trial" and "status" in found[0].data.tags  # a resume's catch-up
+            if kind == "search":
+                self.search_status_before = found[0].info.status
             if found[0].info.status != "RUNNING" and not finished_trial:
                 self.client.update_run(run_id, status="RUNNING")
         else:

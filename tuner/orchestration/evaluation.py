@@ -1,0 +1,202 @@
+"""Strong robustness evaluation of a search's selected checkpoints: an attack suite next to PGD-20.
+
+PGD-20 alone can overstate robustness, and a λ that only looks best under a weak attack may be
+masking gradients. This module evaluates a trial's selected checkpoint (best.pt) with an attack
+suite (`tuner.core.suites`: the worst case per example over the suite and the clean input) and
+PGD-20 on the same examples, and checks whether each width's ranking of λ on validation changes
+under the suite. It runs in the `tuner.evaluate` command and, as Ray tasks, in every search once a
+width's trials are done. Checkpoints in remote storage (s3://…) are read through Ray's
+checkpoint API, as the search writes them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from tuner.core.data import Split, batches, load_dataset
+from tuner.core.suites import evaluate_suite
+from tuner.core.training import BEST, Prepared, eval_attack, load_checkpoint, prepare
+from tuner.errors import ConfigError
+from tuner.outputs.results import EvaluationStore, best_trial
+from tuner.plan import SearchPlan
+
+SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation: a trial's selected checkpoint, a split, a suite, the first `examples` examples (None: all)."""
+
+    row: dict[str, Any]  # the trial's row of trials.parquet
+    split: str
+    suite: str
+    examples: int | None
+
+    def key(self, plan: SearchPlan) -> tuple:
+        """The evaluation's key in evaluation.parquet (trial, split, suite, examples evaluated)."""
+        data = load_dataset(plan.trial.dataset, data_dir=plan.trial.data_dir, download=False,
+                            val_fraction=plan.trial.val_fraction, split_seed=plan.trial.split_seed)
+        size = len(getattr(data, self.split))
+        return (self.row["trial_id"], self.split, self.suite, size if self.examples is None else min(self.examples, size))
+
+
+def selected_checkpoint(row: dict[str, Any], run_dir: Path) -> Path | None:
+    """A trial's selected checkpoint (best.pt) as a local file: where it lies on local storage, else a copy
+    downloaded into the run directory (best/<trial id>/)."""
+    if not row.get("checkpoint"):
+        return None
+    if "://" not in row["checkpoint"]:
+        return Path(row["checkpoint"]) / BEST
+    local = Path(run_dir) / "best" / row["trial_id"]
+    if not (local / BEST).exists():
+        tune.Checkpoint(row["checkpoint"]).to_directory(str(local))
+    return local / BEST
+
+
+def load_selected(plan: SearchPlan, row: dict[str, Any]) -> Prepared:
+    """The trial's data and model, with its selected checkpoint loaded; ConfigError if it is missing or does not fit."""
+    path = selected_checkpoint(row, plan.run_dir)
+    if path is None or not path.exists():
+        raise ConfigError(f"trial {row['trial_id']} (width {row['width']}, λ={row['lam']:g}) has no selected checkpoint "
+                          f"({path or 'none recorded'}): only completed trials of a search with its checkpoints can be "
+                          f"evaluated")
+    prepared = prepare(plan.trial.replace(width=row["width"], lam=row["lam"], seed=row["seed"]))
+    state = load_checkpoint(path)
+    try:
+        prepared.model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise ConfigError(f"checkpoint {path} does not match trial {row['trial_id']}'s model ({plan.trial.model}, width "
+                          f"{row['width']}): {reason}; pass the run directory the checkpoint belongs to") from None
+    return prepared
+
+
+def evaluate(plan: SearchPlan, request: Request, *, prepared: Prepared | None = None) -> dict[str, Any]:
+    """The evaluation row of one request (see EVALUATION_SCHEMA); attack starts seeded by the trial's seed."""
+    started = time.perf_counter()
+    prepared = prepared or load_selected(plan, request.row)
+    split: Split = getattr(prepared.data, request.split)
+    if request.examples is not None:
+        split = Split(split.images[:request.examples], split.labels[:request.examples])
+    torch.manual_seed(request.row["seed"])
+    config = prepared.config
+    result = evaluate_suite(prepared.model, batches(split, config.eval_batch_size, device=prepared.device),
+                            suite=request.suite, epsilon=config.epsilon, pgd=eval_attack(config))
+    row = request.row
+    return {"trial_id": row["trial_id"], "width": row["width"], "lam": row["lam"], "seed": row["seed"],
+            "split": request.split, "suite": result.suite, "epsilon": result.epsilon,
+            "examples": result.examples, "natural_acc": result.natural_acc,
+            "pgd_robust_acc": result.pgd_robust_acc, "strong_robust_acc": result.robust_acc,
+            "broken": result.broken, "seconds": time.perf_counter() - started,
+            "evaluated_at": datetime.datetime.now(datetime.timezone.utc)}
+
+
+def ranked(rows: Iterable[dict[str, Any]], width: int) -> list[dict[str, Any]]:
+    """A width's completed trials with a checkpoint, best validation robust accuracy (PGD-20) first."""
+    return sorted((r for r in rows if r["width"] == width and r["status"] == "completed" and r.get("checkpoint")),
+                  key=lambda r: -r["val_robust_acc"])
+
+
+def choose(rows: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
+    """The trials `which` names, per width: best, top-K or all (completed, with a checkpoint)."""
+    count = {"best": 1, "all": None}.get(which)
+    if count is None and which != "all":
+        if not (which.startswith("top-") and which[4:].isdigit() and int(which[4:]) >= 1):
+            raise ConfigError(f"--trials takes best, top-K (e.g. top-3) or all, got {which!r}")
+        count = int(which[4:])
+    return [r for width in sorted({r["width"] for r in rows}) for r in ranked(rows, width)[:count]]
+
+
+def width_requests(plan: SearchPlan, rows: list[dict[str, Any]], width: int) -> list[Request]:
+    """What the search evaluates once `width` is done: its best trial(s) on test, its top trials on validation."""
+    settings = plan.evaluation
+    ordered = ranked(rows, width)
+    test = [Request(r, "test", settings.suite, settings.examples) for r in ordered[:settings.test_count]]
+    val = [Request(r, "val", settings.suite, settings.examples)
+           for r in (ordered[:settings.ranking] if settings.ranking and len(ordered) >= 2 else [])]
+    return test + val
+
+
+def ranking_check(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], *, suite: str) -> list[dict[str, Any]]:
+    """Per width: does the best λ on validation change when the top trials are ranked by the suite, not PGD-20?
+
+    A change (the suite's best beats PGD-20's best by more than two standard errors of the
+    difference) is the sign of gradient masking at some λ: PGD-20 then overstates its robustness.
+    """
+    checks = []
+    for width in sorted({r["width"] for r in rows}):
+        evaluated = {e["trial_id"]: e for e in evaluations
+                     if e["width"] == width and e["split"] == "val" and e["suite"] == suite}
+        top = [r for r in ranked(rows, width) if r["trial_id"] in evaluated]
+        if len(top) < 2:
+            continue
+        by_strong = max(top, key=lambda r: evaluated[r["trial_id"]]["strong_robust_acc"])
+        leader, challenger = evaluated[top[0]["trial_id"]], evaluated[by_strong["trial_id"]]
+        # two accuracies on the same n examples: a difference within 2 standard errors is noise
+        p, n = leader["strong_robust_acc"], leader["examples"]
+        margin = 2 * math.sqrt(2 * max(p * (1 - p), 1 / n) / n)
+        difference = challenger["strong_robust_acc"] - leader["strong_robust_acc"]
+        checks.append({"width": width, "suite": suite, "trials": len(top), "best_lam_pgd20": top[0]["lam"],
+                       "best_lam_strong": by_strong["lam"], "difference": difference, "noise_margin": margin,
+                       "changed": by_strong["trial_id"] != top[0]["trial_id"] and difference > margin,
+                       "strong_robust_acc": {f"{r['lam']:.4g}": evaluated[r["trial_id"]]["strong_robust_acc"]
+                                             for r in top},
+                       "pgd20_robust_acc": {f"{r['lam']:.4g}": evaluated[r["trial_id"]]["pgd_robust_acc"]
+                                            for r in top}})
+    return checks
+
+
+def best_on_test(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], width: int) -> dict[str, Any] | None:
+    """The strong evaluation on test of a width's best trial, if there is one."""
+    best = best_trial([r for r in rows if r["width"] == width])
+    if best is None:
+        return None
+    return next((e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
+
+
+class StrongEvaluations:
+    """The search's strong evaluations: Ray tasks submitted as each width's trials are all done, collected at the end.
+
+    Each task takes the resources of one worker of a trial of its width (its GPU on a GPU cluster),
+    so evaluations wait for room as trials do and never slow a running trial down.
+    """
+
+    def __init__(self, plan: SearchPlan, store: EvaluationStore) -> None:
+        self.plan, self.store = plan, store
+        self.pending: dict[Any, Request] = {}  # Ray object ref → request
+        self.submitted: set[int] = set()
+
+    def width_done(self, width: int, rows: list[dict[str, Any]]) -> None:
+        """Submit what the search evaluates for `width`, unless it is in evaluation.parquet already."""
+        if width in self.submitted:
+            return
+        self.submitted.add(width)
+        worker = self.plan.resources[width].per_worker
+        task = ray.remote(evaluate).options(num_cpus=worker["CPU"], num_gpus=worker["GPU"])
+        for request in width_requests(self.plan, rows, width):
+            if not self.store.has(request.key(self.plan)):
+                self.pending[task.remote(self.plan, request)] = request
+
+    def collect(self, *, on_row: Callable[[Request, dict[str, Any]], None], warn: Callable[[str], None]) -> None:
+        """Wait for every submitted evaluation, record each as it arrives; a failed one is a warning, not an error."""
+        while self.pending:
+            (ref,), _ = ray.wait(list(self.pending), num_returns=1)
+            request = self.pending.pop(ref)
+            try:
+                row = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - one evaluation failing must not lose the search
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+                warn(f"warning: strong evaluation of trial {request.row['trial_id']} on {request.split} failed: {reason}")
+                continue
+            self.store.record(row)
+            on_row(request, row)
