@@ -25,9 +25,9 @@ from tuner.core.training import prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
-from tuner.outputs.results import EPOCHS_FILE, EVALUATION_FILE, STATUSES, TRIALS_FILE, EvaluationStore, ResultsStore, best_trial
+from tuner.outputs.results import (EPOCHS_FILE, EVALUATION_FILE, SEARCH_FILE, STATUSES, TRIALS_FILE, EvaluationStore,
+                                   ResultsStore, best_trial, read_record)
 
-SEARCH_FILE = "search.json"  # the arguments a run was started with, for --resume
 
 
 def build_parser() -> cli.Parser:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
     print(plan.describe())
     stages["validated"] = time.time()
-    record = {"argv": argv, "name": plan.name, "tracking_uri": tracking_uri, "stages": stages}
+    record = {"argv": argv, "name": plan.name, "plan": plan.describe(), "tracking_uri": tracking_uri, "stages": stages}
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
 
     if starts_local_ray(args.address):
@@ -208,10 +208,9 @@ def resume_arguments(args: Any) -> tuple[Any, list[str]]:
         if not runs:
             raise ConfigError(f"nothing to resume in {args.out}: start a search without --resume, or pass --out/--name")
         run_dir = runs[-1]
-    saved = run_dir / SEARCH_FILE
-    if not saved.exists():
+    stored = read_record(run_dir)
+    if stored is None:
         raise ConfigError(f"no search to resume at {run_dir}: pass the --out and --name it was started with")
-    stored = json.loads(saved.read_text())
     argv = [a for a in stored["argv"] if a != "--resume"] + ["--resume", "--name", stored["name"],
                                                             "--out", str(args.out)]
     if args.address:
@@ -222,10 +221,10 @@ def resume_arguments(args: Any) -> tuple[Any, list[str]]:
 
 def run_record(run_dir: Path) -> dict[str, Any]:
     """What search.json says of a run (its arguments, name, tracking URI); ConfigError if it is not a search's."""
-    saved = Path(run_dir) / SEARCH_FILE
-    if not saved.exists():
+    record = read_record(run_dir)
+    if record is None:
         raise ConfigError(f"{run_dir} is not the run directory of a search (no {SEARCH_FILE}): pass runs/<name>")
-    return json.loads(saved.read_text())
+    return record
 
 
 def run_plan(run_dir: Path) -> SearchPlan:

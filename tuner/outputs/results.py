@@ -7,6 +7,7 @@ Ray trial id: a trial recorded again (a resume) replaces its earlier rows instea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from tuner.files import write_atomically
 
+SEARCH_FILE = "search.json"  # how a search was started (arguments, name, plan, tracking URI) and its stage times
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
 STATUSES = ("completed", "early_stopped", "error")
@@ -142,3 +144,9 @@ class EvaluationStore:
 
 def key_of(row: dict[str, Any]) -> tuple:
     return tuple(row[name] for name in EVALUATION_KEY)
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's search.json, or None when it is not a search's."""
+    path = Path(run_dir) / SEARCH_FILE
+    return json.loads(path.read_text()) if path.exists() else None
