@@ -51,14 +51,6 @@ def test_trades_with_lambda_zero_takes_exactly_the_plain_ce_step(setup):
     assert not all(torch.equal(a, b) for a, b in zip(trades.parameters(), model.parameters()))
 
 
-def test_trades_regularizer_is_the_batch_mean_kl_and_lambda_weights_it(setup):
-    model, x, y = setup
-    torch.manual_seed(0)
-    value = get_objective("trades")(model, x, y, lam=2.5, attack=ATTACK)
-    torch.testing.assert_close(value.loss.detach(), value.natural_loss + 2.5 * value.regularizer)
-    assert value.regularizer > 0
-
-
 def test_pgd_at_with_lambda_one_equals_ce_on_the_adversarial_inputs(setup, monkeypatch):
     model, x, y = setup
     attacks = []
@@ -198,14 +190,19 @@ def test_each_objective_attacks_its_own_loss(wrong_labels_batch, method):
     attack = AttackSettings(epsilon=0.1, step_size=0.025, steps=5)
     torch.manual_seed(0)
     get_objective(method)(model, x, y, lam=1.0, attack=attack)
-    kl = lambda logits: F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1), reduction="none").sum(1)  # noqa: E731
-    ce = lambda logits: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
+
+    def kl(logits):
+        return F.kl_div(F.log_softmax(logits, 1), F.softmax(clean, 1), reduction="none").sum(1)
+
+    def ce(logits):
+        return F.cross_entropy(logits, y, reduction="none")
+
     own, other = (kl, ce) if method == "trades" else (ce, kl)
-    by_own, by_other = (reference_pgd(undefended, x, loss_fn, attack) for loss_fn in (own, other))
+    x_own, x_other = (reference_pgd(undefended, x, loss_fn, attack) for loss_fn in (own, other))
     with torch.no_grad():
         base = own(undefended(x)).mean()
         reached, by_own, by_other = (own(undefended(x_adv)).mean() - base
-                                     for x_adv in (model.attacked_input(x), by_own, by_other))
+                                     for x_adv in (model.attacked_input(x), x_own, x_other))
     assert by_own > 1.5 * by_other, "the two attacks must be distinguishable here"
     assert reached > 0.8 * by_own
     assert reached > 1.5 * by_other
