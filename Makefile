@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test mutants install clean
 
 install: $(INSTALLED)
 
@@ -18,6 +18,10 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# Plausible science bugs, one at a time in a copy of the checkout: the fast tests must fail on each.
+mutants: $(INSTALLED)
+	$(BIN)/python tests/mutants.py
 
 clean:
 	rm -rf $(VENV) runs mlruns mlflow.db .pytest_cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
@@ -67,3 +70,37 @@ def test_gradient_probe_is_the_l1_norm_of_the_input_gradient(undefended, batch):
     x_req = x.clone().requires_grad_(True)
     F.cross_entropy(undefended(x_req), y, reduction="sum").backward()
     torch.testing.assert_close(result.max_grad_l1, x_req.grad.abs().flatten(1).sum(1))
+
+
+def start_of(start):
+    """The attack's starting point around x = 0.5 (no clamping): with step size 0 PGD returns it."""
+    torch.manual_seed(0)
+    x = torch.full((64, 1, 8, 8), 0.5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x_adv = pgd_linf(model, x, lambda logits: logits.sum(1), epsilon=EPS, step_size=0.0, steps=1, start=start).x_adv
+    return (x_adv - x).flatten()
+
+
+def test_uniform_start_is_uniform_in_the_eps_ball():
+    delta = start_of("uniform")
+    assert delta.abs().max() <= EPS + 1e-6
+    assert scipy.stats.kstest(delta.numpy(), scipy.stats.uniform(loc=-EPS, scale=2 * EPS).cdf).pvalue > 1e-3
+
+
+def test_normal_start_is_x_plus_a_thousandth_of_standard_normal_noise():
+    delta = start_of("normal")
+    assert scipy.stats.kstest(delta.numpy() / 0.001, scipy.stats.norm.cdf).pvalue > 1e-3
+
+
+def test_gradient_probe_is_the_maximum_over_the_iterates_not_the_last():
+    """On L(x) = sigmoid(k·(Σ pixels − c)) each sign step adds 2·step to Σ pixels, and |∇L|₁ = 2·L′ peaks
+    where the sum reaches c: at the 5th of 8 iterates here."""
+    k, c, step, steps = 10.0, 1.0, 0.05, 8
+    x = torch.full((3, 1, 1, 2), 0.3)  # Σ pixels over the iterates: 0.6, 0.7, ..., 1.3
+    result = pgd_linf(torch.nn.Flatten(), x, lambda z: torch.sigmoid(k * (z.sum(1) - c)), epsilon=0.5,
+                      step_size=step, steps=steps, start="none")
+    l1 = [2 * k * math.exp(-k * (s - c)) / (1 + math.exp(-k * (s - c))) ** 2
+          for s in (0.6 + 2 * step * i for i in range(steps))]
+    assert l1.index(max(l1)) == 4 and l1[-1] < max(l1) / 2 and l1[0] < max(l1) / 2
+    torch.testing.assert_close(result.max_grad_l1, torch.full((3,), max(l1)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(result.x_adv, x + steps * step)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.io import write_png
 
 from tests.conftest import CIFAR10_SUBSET
-from tuner.core.data import batches, load_dataset, random_crop_flip
+from tuner.core.data import CROP_PADDING, Split, batches, load_dataset, random_crop_flip
 from tuner.errors import ConfigError
 
 
@@ -39,6 +40,41 @@ def test_crop_flip_keeps_shape_and_pixels():
     assert not torch.equal(out, x)
 
 
+def crop_of(image: torch.Tensor, source: torch.Tensor) -> tuple[int, int, bool] | None:
+    """(dy, dx, flipped) such that `image` is the window at (dy, dx) of `source` zero-padded by CROP_PADDING,
+    mirrored left-right if flipped; None if no window matches."""
+    padded = torch.zeros(source.shape[0], source.shape[1] + 2 * CROP_PADDING, source.shape[2] + 2 * CROP_PADDING)
+    padded[:, CROP_PADDING:-CROP_PADDING, CROP_PADDING:-CROP_PADDING] = source
+    h, w = source.shape[1:]
+    for dy in range(2 * CROP_PADDING + 1):
+        for dx in range(2 * CROP_PADDING + 1):
+            window = padded[:, dy:dy + h, dx:dx + w]
+            for flipped in (False, True):
+                if torch.equal(image, window.flip(-1) if flipped else window):
+                    return dy, dx, flipped
+    return None
+
+
+def test_each_crop_is_a_window_of_its_own_zero_padded_image_at_every_offset():
+    x = torch.rand(256, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    out = random_crop_flip(x, CROP_PADDING, generator=torch.Generator().manual_seed(0))
+    found = [crop_of(crop, source) for crop, source in zip(out, x)]
+    assert None not in found, f"image {found.index(None)} is no crop of its source"
+    dys, dxs, flips = zip(*found)
+    assert set(dys) == set(dxs) == set(range(2 * CROP_PADDING + 1)), "every offset in the padding occurs"
+    assert set(flips) == {False, True} and any(dy != dx for dy, dx in zip(dys, dxs))
+
+
+def test_augmented_batches_keep_each_image_with_its_own_label():
+    images = torch.rand(40, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    split = Split(images, torch.arange(40))  # the label names the source image
+    seen = []
+    for x, y in batches(split, 16, shuffle=True, generator=torch.Generator().manual_seed(0), augment=True):
+        seen += y.tolist()
+        assert all(crop_of(crop, images[label]) is not None for crop, label in zip(x, y))
+    assert sorted(seen) == list(range(40))
+
+
 def test_unknown_dataset_and_missing_directory_say_how_to_fix():
     with pytest.raises(ConfigError, match="unknown dataset 'mnist'.*cifar10, digits"):
         load_dataset("mnist", val_fraction=0.2, split_seed=0)
@@ -56,7 +92,35 @@ def test_malformed_image_folder_is_a_config_error(tmp_path):
         load_dataset("cifar10", data_dir=str(tmp_path), val_fraction=0.2, split_seed=0)
 
 
-@pytest.mark.skipif(not CIFAR10_SUBSET.is_dir(), reason=f"real CIFAR-10 subset not found at {CIFAR10_SUBSET}")
+def test_cifar10_image_folder_round_trips_pixels_and_labels(tmp_path):
+    """PNGs written with torchvision.io load back bit for bit in [0, 1], labelled by sorted class folder."""
+    classes = ["cat", "bird", "dog"]  # written out of order: labels follow the sorted names
+    generator = torch.Generator().manual_seed(0)
+    written: dict[str, list[tuple[bytes, int]]] = {"train": [], "test": []}
+    for split, per_class in (("train", 4), ("test", 2)):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
+                write_png(image, str(tmp_path / split / name / f"{i}.png"))
+                written[split].append((image.numpy().tobytes(), sorted(classes).index(name)))
+    data = load_dataset("cifar10", data_dir=str(tmp_path), val_fraction=0.25, split_seed=0)
+    assert data.num_classes == 3 and data.in_channels == 3 and (len(data.train), len(data.val)) == (9, 3)
+
+    def loaded(*splits):
+        images = torch.cat([s.images for s in splits])
+        assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
+        as_bytes = (images * 255).round().to(torch.uint8)
+        assert torch.equal(as_bytes.float() / 255, images), "pixels are exactly k/255"
+        return sorted(zip((b.numpy().tobytes() for b in as_bytes), torch.cat([s.labels for s in splits]).tolist()))
+
+    assert loaded(data.train, data.val) == sorted(written["train"])
+    assert loaded(data.test) == sorted(written["test"])
+
+
+@pytest.mark.skipif(not CIFAR10_SUBSET.is_dir(),
+                    reason=f"the real CIFAR-10 subset is not at {CIFAR10_SUBSET} (../shared is absent here, e.g. "
+                           "in a fresh clone or the Docker image); the PNG round-trip test covers the loader")
 def test_cifar10_image_folder_loads_the_shared_subset():
     data = load_dataset("cifar10", data_dir=str(CIFAR10_SUBSET), val_fraction=0.1, split_seed=0)
     assert data.num_classes == 10 and data.in_channels == 3

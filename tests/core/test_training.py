@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
 
 from tuner.core import training
-from tuner.core.training import BEST, CHECKPOINT_DIR, LAST, prepare, run_trial
+from tuner.core.data import Split
+from tuner.core.metrics import Evaluation
+from tuner.core.training import BEST, CHECKPOINT_DIR, LAST, evaluate_split, prepare, run_trial
 
 REQUIRED_KEYS = {"val_natural_acc", "val_robust_acc", "val_stability", "val_lipschitz", "test_natural_acc",
                  "test_robust_acc", "test_stability", "best_epoch", "width", "lam", "method", "seed"}
@@ -53,18 +57,93 @@ def test_same_seed_same_metrics(finished, quick, tmp_path):
     assert strip_time(run_trial(prepare(quick), work_dir=tmp_path, log=None)) == strip_time(first)
 
 
+class Interrupted(Exception):
+    pass
+
+
+def stop_after_first(report):
+    raise Interrupted
+
+
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(finished, quick, tmp_path):
     _, uninterrupted = finished
-
-    class Interrupt(Exception):
-        pass
-
-    def stop_after_first(report):
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
+    with pytest.raises(Interrupted):
         run_trial(prepare(quick), work_dir=tmp_path, on_epoch=stop_after_first, log=None)
     epochs = []
     resumed = run_trial(prepare(quick), work_dir=tmp_path, on_epoch=lambda report: epochs.append(report.record["epoch"]), log=None)
     assert epochs == [2]
     assert strip_time(resumed) == strip_time(uninterrupted)
+
+
+def on_few_examples(prepared, n=128):
+    """`prepared` training on its first `n` examples: these tests are about the loop, not about accuracy."""
+    train = Split(prepared.data.train.images[:n], prepared.data.train.labels[:n])
+    return dataclasses.replace(prepared, data=dataclasses.replace(prepared.data, train=train))
+
+
+def scripted_evaluations(monkeypatch, val_metrics):
+    """Validation reports the given (natural, robust) accuracies epoch after epoch; the test evaluation
+    returns fixed numbers and records the parameters of the model it was given."""
+    scripted, tested = iter(val_metrics), []
+
+    def evaluate_split(prepared, split_name, *args, **kwargs):
+        if split_name == "val":
+            natural, robust = next(scripted)
+        else:
+            tested.append({k: v.clone() for k, v in prepared.model.state_dict().items()})
+            natural, robust = 0.7, 0.35
+        examples = len(getattr(prepared.data, split_name))
+        return Evaluation(natural, robust, stability=0.5, lipschitz=1.0, examples=examples)
+
+    monkeypatch.setattr(training, "evaluate_split", evaluate_split)
+    return tested
+
+
+def test_best_robust_epoch_is_selected_though_natural_disagrees_and_its_model_is_the_one_tested(quick, tmp_path,
+                                                                                                 monkeypatch):
+    """Robust accuracy peaks at epoch 2 (tied at 4: the earliest wins); natural accuracy would pick 4, the last."""
+    tested = scripted_evaluations(monkeypatch, [(0.50, 0.20), (0.60, 0.40), (0.90, 0.30), (0.95, 0.40)])
+    prepared = on_few_examples(prepare(quick.replace(epochs=4)))
+    states = {}  # each epoch's model, as checkpointed for resuming
+    metrics = run_trial(prepared, work_dir=tmp_path, log=None, on_epoch=lambda report: states.setdefault(
+        report.record["epoch"], torch.load(report.checkpoint_dir / LAST, weights_only=True)["model"]))
+    assert metrics["best_epoch"] == 2
+    assert (metrics["val_natural_acc"], metrics["val_robust_acc"]) == (0.60, 0.40)
+    assert (metrics["test_natural_acc"], metrics["test_robust_acc"]) == (0.7, 0.35)
+    assert len(tested) == 1
+    assert not all(torch.equal(states[2][k], states[4][k]) for k in states[2]), "training must move the model"
+    assert all(torch.equal(tested[0][k], states[2][k]) for k in states[2]), "the test must see epoch 2's model"
+    assert torch.load(tmp_path / CHECKPOINT_DIR / BEST, weights_only=True)["epoch"] == 2
+
+
+def test_learning_rate_schedule_survives_a_resume_across_its_milestone(quick, tmp_path, monkeypatch):
+    """4 epochs with a milestone at epoch 2: learning rates lr, lr, lr·γ, lr·γ, interrupted after epoch 1 or not."""
+    scripted_evaluations(monkeypatch, [(0.5, 0.2)] * 5)
+    config = quick.replace(epochs=4, lr_milestones=[0.5])
+    with pytest.raises(Interrupted):
+        run_trial(on_few_examples(prepare(config)), work_dir=tmp_path, on_epoch=stop_after_first, log=None)
+    metrics = run_trial(on_few_examples(prepare(config)), work_dir=tmp_path, log=None)
+    lr, gamma = config.lr, config.lr_gamma
+    assert [r["lr"] for r in metrics["history"]] == pytest.approx([lr, lr, lr * gamma, lr * gamma], rel=1e-12)
+
+
+def test_a_trial_resumed_after_its_last_epoch_was_saved_only_finishes(finished, quick, tmp_path):
+    """The process died after the last checkpoint but before metrics.json: nothing is trained again."""
+    work, first = finished
+    shutil.copytree(work / CHECKPOINT_DIR, tmp_path / CHECKPOINT_DIR)
+    epochs = []
+    metrics = run_trial(prepare(quick), work_dir=tmp_path, on_epoch=lambda report: epochs.append(report), log=None)
+    assert epochs == []
+    assert strip_time(metrics) == strip_time(first)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize("split_name", ["val", "test"])
+def test_evaluate_split_evaluates_the_named_split(quick, split_name):
+    prepared = prepare(quick)
+    split = getattr(prepared.data, split_name)
+    evaluation = evaluate_split(prepared, split_name)
+    with torch.no_grad():
+        expected = (prepared.model.eval()(split.images).argmax(1) == split.labels).double().mean().item()
+    assert evaluation.examples == len(split)
+    assert evaluation.natural_acc == pytest.approx(expected)

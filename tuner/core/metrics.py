@@ -60,16 +60,26 @@ def evaluation_counts(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
                 adv_pred = model(x_adv).argmax(1)
             probe = pgd_linf(model, x, kl_to(clean_logits), epsilon=probe_attack.epsilon,
                              step_size=probe_attack.step_size, steps=probe_attack.steps, start="normal")
-            natural_correct = clean_pred == y
+            natural_correct, robust_correct, stable = outcome_counts(y, clean_pred, adv_pred)
             batch = torch.stack([
                 torch.tensor(float(len(y)), device=x.device),
-                natural_correct.sum().double(),
-                (natural_correct & (adv_pred == y)).sum().double(),
-                (adv_pred == clean_pred).sum().double(),
+                natural_correct,
+                robust_correct,
+                stable,
                 probe.max_grad_l1.sum().double(),
             ]).double()
             counts += batch
     return counts
+
+
+def outcome_counts(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor) -> torch.Tensor:
+    """How many examples are natural-correct, robust-correct and stable, from their clean and attacked predictions.
+
+    Robust needs both predictions right; stable compares the two predictions, whatever the label.
+    """
+    natural_correct = clean_pred == labels
+    return torch.stack([natural_correct.sum(), (natural_correct & (adv_pred == labels)).sum(),
+                        (adv_pred == clean_pred).sum()]).double()
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
