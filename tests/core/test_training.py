@@ -37,15 +37,19 @@ def test_writes_metrics_and_checkpoints_loadable_with_weights_only(finished, qui
 
 
 def test_epoch_is_selected_on_validation_and_only_its_checkpoint_is_tested(quick, tmp_path, monkeypatch):
-    splits = []
-    real = training.evaluate_split
-    monkeypatch.setattr(training, "evaluate_split", lambda model, split, *a: splits.append(split) or real(model, split, *a))
-    metrics = run_trial(prepare(quick.replace(epochs=3)), work_dir=tmp_path, log=None)
-    assert splits == ["val", "val", "val", "test"]
+    prepared = prepare(quick.replace(epochs=3))
+    val, n = prepared.data.val, quick.val_epoch_examples
+    parts = {"val epoch subset": val[:n], "val rest": val[n:], "test": prepared.data.test}
+    evaluated = []
+    real = training.count_split
+    monkeypatch.setattr(training, "count_split", lambda p, split: evaluated.append(
+        next(name for name, part in parts.items() if torch.equal(split.images, part.images))) or real(p, split))
+    metrics = run_trial(prepared, work_dir=tmp_path, log=None)
+    assert evaluated == ["val epoch subset"] * 3 + ["val rest", "test"]
     best = max(metrics["history"], key=lambda r: r["val_robust_acc"])
     assert metrics["best_epoch"] == best["epoch"]
-    assert metrics["val_robust_acc"] == best["val_robust_acc"]
     assert torch.load(tmp_path / CHECKPOINT_DIR / BEST, weights_only=True)["epoch"] == best["epoch"]
+    assert metrics["val_examples"] == len(val) and metrics["test_examples"] == len(prepared.data.test)
 
 
 def test_same_seed_same_metrics(finished, quick, tmp_path):
