@@ -98,7 +98,8 @@ class TrialConfig:
         for name in ("precision", "eval_precision"):
             value = getattr(self, name)
             _check(value in PRECISIONS, f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}"
-                   + (": fp16 needs loss scaling and its input gradients underflow; use bf16" if value == "fp16" else ""))
+                   + (" (fp16 needs loss scaling and its input gradients underflow)" if value == "fp16" else "")
+                   + f": set {name}: fp32 or bf16 in the preset")
         for name in ("channels_last", "compile"):
             _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
 
