@@ -271,6 +271,14 @@ def test_bf16_on_a_gpu_without_bf16_is_refused_with_the_fix(monkeypatch):
     check_precision("bf16", CPU)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_this_machine_lacks_or_an_unknown_device_is_a_config_error(quick):
+    with pytest.raises(ConfigError, match="device cuda is not available here.*--device auto or cpu"):
+        prepare(quick.replace(device="cuda"))
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        prepare(quick.replace(device="gpu0"))
+
+
 def test_other_new_settings_are_validated(quick):
     with pytest.raises(ConfigError, match="channels_last must be true or false"):
         quick.replace(channels_last="yes")

@@ -30,10 +30,17 @@ GPU_DATA_SHARE = 0.1  # a dataset up to this share of the GPU's memory is held o
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the GPU if there is one, else the CPU."""
+    """"auto" is the GPU if there is one, else the CPU; ConfigError for a device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: pass --device auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"device {name} is not available here ({torch.cuda.device_count()} CUDA GPU(s)): "
+                          f"pass --device auto or cpu")
+    return device
 
 
 def check_precision(precision: str, device: torch.device, *, setting: str = "precision") -> None:
