@@ -69,9 +69,10 @@ def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, at
     with torch.autocast(x.device.type, enabled=False):
         with torch.no_grad(), eval_mode(net):
             clean_logits = net(x)
-        first = pgd_linf(net, x, kl_to(clean_logits), epsilon=attack.epsilon, step_size=attack.step_size,
+        attack_loss = kl_to(clean_logits)
+        first = pgd_linf(net, x, attack_loss, epsilon=attack.epsilon, step_size=attack.step_size,
                          steps=min(1, attack.steps), start="normal").x_adv
-    x_adv = pgd_linf(net, x, kl_to(clean_logits), epsilon=attack.epsilon, step_size=attack.step_size,
+    x_adv = pgd_linf(net, x, attack_loss, epsilon=attack.epsilon, step_size=attack.step_size,
                      steps=attack.steps - 1, start=first).x_adv
     logits = model(x)
     natural = F.cross_entropy(logits, y)
