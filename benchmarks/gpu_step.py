@@ -19,7 +19,7 @@ Everything runs through the trial code (`training.prepare`, `training.train_one_
 Without `--data-dir` the images are random (CIFAR-10's shape): times are real, accuracies are
 skipped. Without a CUDA GPU it says so and exits with status 2.
 
-    python benchmarks/gpu_step.py --data-dir /data/cifar10           # the whole benchmark (about 20 min on an H100)
+    python benchmarks/gpu_step.py --data-dir /data/cifar10           # the whole benchmark (estimated 20–30 min on an H100)
     python benchmarks/gpu_step.py --widths 10 --modes fp32,bf16+cl --epoch-steps 100
 """
 
