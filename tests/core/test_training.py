@@ -41,15 +41,19 @@ def test_writes_metrics_and_checkpoints_loadable_with_weights_only(finished, qui
 
 
 def test_epoch_is_selected_on_validation_and_only_its_checkpoint_is_tested(quick, tmp_path, monkeypatch):
-    splits = []
-    real = training.evaluate_split
-    monkeypatch.setattr(training, "evaluate_split", lambda model, split, *a: splits.append(split) or real(model, split, *a))
-    metrics = run_trial(prepare(quick.replace(epochs=3)), work_dir=tmp_path, log=None)
-    assert splits == ["val", "val", "val", "test"]
+    prepared = prepare(quick.replace(epochs=3))
+    val, n = prepared.data.val, quick.val_epoch_examples
+    parts = {"val epoch subset": val[:n], "val rest": val[n:], "test": prepared.data.test}
+    evaluated = []
+    real = training.count_split
+    monkeypatch.setattr(training, "count_split", lambda p, split: evaluated.append(
+        next(name for name, part in parts.items() if torch.equal(split.images, part.images))) or real(p, split))
+    metrics = run_trial(prepared, work_dir=tmp_path, log=None)
+    assert evaluated == ["val epoch subset"] * 3 + ["val rest", "test"]
     best = max(metrics["history"], key=lambda r: r["val_robust_acc"])
     assert metrics["best_epoch"] == best["epoch"]
-    assert metrics["val_robust_acc"] == best["val_robust_acc"]
     assert torch.load(tmp_path / CHECKPOINT_DIR / BEST, weights_only=True)["epoch"] == best["epoch"]
+    assert metrics["val_examples"] == len(val) and metrics["test_examples"] == len(prepared.data.test)
 
 
 def test_same_seed_same_metrics(finished, quick, tmp_path):
@@ -82,38 +86,45 @@ def on_few_examples(prepared, n=128):
 
 
 def scripted_evaluations(monkeypatch, val_metrics):
-    """Validation reports the given (natural, robust) accuracies epoch after epoch; the test evaluation
-    returns fixed numbers and records the parameters of the model it was given."""
+    """Per-epoch validation reports the given (natural, robust) accuracies epoch after epoch (on the
+    whole split: `val_epoch_examples` None, so no rest to pool); the test evaluation returns fixed
+    numbers and records the parameters of the model it was given."""
     scripted, tested = iter(val_metrics), []
 
-    def evaluate_split(prepared, split_name, *args, **kwargs):
-        if split_name == "val":
-            natural, robust = next(scripted)
-        else:
+    def count_split(prepared, split):
+        if len(split) == 0:
+            return torch.zeros(5, dtype=torch.float64)
+        if split is prepared.data.test:
             tested.append({k: v.clone() for k, v in prepared.model.state_dict().items()})
             natural, robust = 0.7, 0.35
-        examples = len(getattr(prepared.data, split_name))
-        return Evaluation(natural, robust, stability=0.5, lipschitz=1.0, examples=examples)
+        else:
+            natural, robust = next(scripted)
+        return Evaluation(natural, robust, stability=0.5, lipschitz=1.0, examples=len(split)).counts()
 
-    monkeypatch.setattr(training, "evaluate_split", evaluate_split)
+    monkeypatch.setattr(training, "count_split", count_split)
     return tested
 
 
 def test_best_robust_epoch_is_selected_though_natural_disagrees_and_its_model_is_the_one_tested(quick, tmp_path,
                                                                                                  monkeypatch):
-    """Robust accuracy peaks at epoch 2 (tied at 4: the earliest wins); natural accuracy would pick 4, the last."""
-    tested = scripted_evaluations(monkeypatch, [(0.50, 0.20), (0.60, 0.40), (0.90, 0.30), (0.95, 0.40)])
-    prepared = on_few_examples(prepare(quick.replace(epochs=4)))
+    """Robust accuracy peaks at epoch 2; natural accuracy would pick 4, the last."""
+    tested = scripted_evaluations(monkeypatch, [(0.50, 0.20), (0.60, 0.40), (0.90, 0.30), (0.95, 0.35)])
+    prepared = on_few_examples(prepare(quick.replace(epochs=4, val_epoch_examples=None)))
     states = {}  # each epoch's model, as checkpointed for resuming
     metrics = run_trial(prepared, work_dir=tmp_path, log=None, on_epoch=lambda report: states.setdefault(
         report.record["epoch"], torch.load(report.checkpoint_dir / LAST, weights_only=True)["model"]))
     assert metrics["best_epoch"] == 2
-    assert (metrics["val_natural_acc"], metrics["val_robust_acc"]) == (0.60, 0.40)
-    assert (metrics["test_natural_acc"], metrics["test_robust_acc"]) == (0.7, 0.35)
+    assert (metrics["val_natural_acc"], metrics["val_robust_acc"]) == pytest.approx((0.60, 0.40), abs=1e-2)
+    assert (metrics["test_natural_acc"], metrics["test_robust_acc"]) == pytest.approx((0.7, 0.35), abs=1e-2)
     assert len(tested) == 1
     assert not all(torch.equal(states[2][k], states[4][k]) for k in states[2]), "training must move the model"
     assert all(torch.equal(tested[0][k], states[2][k]) for k in states[2]), "the test must see epoch 2's model"
     assert torch.load(tmp_path / CHECKPOINT_DIR / BEST, weights_only=True)["epoch"] == 2
+
+
+def test_ties_in_robust_accuracy_select_the_latest_epoch():
+    history = [{"epoch": e, "val_robust_acc": r} for e, r in [(1, 0.2), (2, 0.4), (3, 0.3), (4, 0.4), (5, 0.1)]]
+    assert training.select_epoch(history)["epoch"] == 4
 
 
 def test_learning_rate_schedule_survives_a_resume_across_its_milestone(quick, tmp_path, monkeypatch):

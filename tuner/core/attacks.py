@@ -66,16 +66,18 @@ def linf_box(x: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tenso
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, loss_fn: AttackLoss, *, epsilon: float, step_size: float,
-             steps: int, start: Start = "uniform") -> AttackResult:
+             steps: int, start: Start | torch.Tensor = "uniform") -> AttackResult:
     """Maximize `loss_fn(model(x'))` over the ℓ∞ ball of radius `epsilon` around `x`, intersected with [0, 1].
 
     `start`: "uniform" in the ball (Madry et al., PGD evaluation), "normal" for x + 0.001·N(0, 1)
-    (TRADES), "none" for x itself. Each step moves by `step_size`·sign(gradient), projects to the
-    ball, then clamps to [0, 1].
+    (TRADES), "none" for x itself, or a tensor: that point (where an earlier attack stopped). Each
+    step moves by `step_size`·sign(gradient), projects to the ball, then clamps to [0, 1].
     """
     x = x.detach()
     lower, upper = linf_box(x, epsilon)
-    if start == "uniform":
+    if isinstance(start, torch.Tensor):
+        x_adv = start.detach()
+    elif start == "uniform":
         x_adv = x + torch.empty_like(x).uniform_(-epsilon, epsilon)
     elif start == "normal":
         x_adv = x + 0.001 * torch.randn_like(x)

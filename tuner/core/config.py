@@ -12,6 +12,8 @@ from typing import Any
 
 from tuner.errors import ConfigError
 
+PRECISIONS = ("fp32", "bf16")  # what `precision` and `eval_precision` accept (see tuner.core.device)
+
 
 def parse_number(value: Any, *, name: str) -> float:
     """A float from a number or a fraction string such as "8/255" (how ε is usually written)."""
@@ -64,6 +66,14 @@ class TrialConfig:
     epochs: int
     batch_size: int
     eval_batch_size: int
+    # validation: the first `val_epoch_examples` of the (randomly ordered) validation split are
+    # evaluated after every epoch; the selected epoch is evaluated on the whole split. None: all.
+    val_epoch_examples: int | None
+    # execution (tuner.core.device): autocast dtype of training and of evaluation, NHWC, torch.compile
+    precision: str
+    eval_precision: str
+    channels_last: bool
+    compile: bool
     seed: int = 0
     device: str = "auto"
 
@@ -83,6 +93,15 @@ class TrialConfig:
         _check((self.normalize_mean is None) == (self.normalize_std is None),
                "normalize_mean and normalize_std go together: give both or neither")
         _check(self.depth is None or self.depth > 0, f"depth must be positive, got {self.depth}")
+        _check(self.val_epoch_examples is None or (isinstance(self.val_epoch_examples, int) and self.val_epoch_examples >= 1),
+               f"val_epoch_examples must be a positive integer or null (the whole split), got {self.val_epoch_examples!r}")
+        for name in ("precision", "eval_precision"):
+            value = getattr(self, name)
+            _check(value in PRECISIONS, f"{name} must be one of {', '.join(PRECISIONS)}, got {value!r}"
+                   + (" (fp16 needs loss scaling and its input gradients underflow)" if value == "fp16" else "")
+                   + f": set {name}: fp32 or bf16 in the preset")
+        for name in ("channels_last", "compile"):
+            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:

@@ -28,6 +28,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def __getitem__(self, part: slice) -> Split:
+        return Split(self.images[part], self.labels[part])
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -68,8 +71,9 @@ def load_dataset(name: str, *, data_dir: str | None = None, download: bool = Fal
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
             augment: bool = False, rank: int = 0, world_size: int = 1, equal_shards: bool = False,
-            device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of this worker's shard (every `world_size`-th example from `rank`).
+            device: torch.device | str = "cpu",
+            memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of this worker's shard (every `world_size`-th example from `rank`), on `device`.
 
     Every worker must pass the same `generator` state: the shuffle is shared and the shards are
     disjoint. With `equal_shards` (training) the last `len(split) % world_size` examples of the
@@ -78,34 +82,48 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: 
     With `augment`, each image is randomly cropped back to its size after zero padding of
     `CROP_PADDING` pixels, and flipped horizontally with probability 1/2 (the CIFAR-10
     augmentation), with random draws of each worker's own.
+    Batches are gathered and augmented where the split is held (a GPU-held split never leaves
+    the GPU); a batch of a CPU-held split goes to a GPU through pinned memory, without blocking.
     """
+    held = split.images.device
     order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
     if equal_shards:
         order = order[:len(order) - len(order) % world_size]
-    order = order[rank::world_size]
+    order = order[rank::world_size].to(held)
     crops = None
     if augment and generator is not None:
-        crops = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
+        crops = torch.Generator(held).manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x, y = split.images[idx], split.labels[idx]
         if augment:
             x = random_crop_flip(x, CROP_PADDING, generator=crops)
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield _to(x, device, memory_format), _to(y, device, torch.contiguous_format)
+
+
+def _to(tensor: torch.Tensor, device: torch.device | str, memory_format: torch.memory_format) -> torch.Tensor:
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True, memory_format=memory_format)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image random crop after zero padding, then a random horizontal flip."""
-    n, _, h, w = x.shape
+    """Per-image random crop after zero padding, then a random horizontal flip with probability 1/2.
+
+    Runs where `x` is (a GPU batch is augmented on the GPU, without synchronizing); `generator`
+    must be on that device.
+    """
+    n, channels, h, w = x.shape
+    on = x.device
     padded = torch.nn.functional.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
-    flip = torch.rand(n, generator=generator) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=on)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=on)
+    rows = (dy[:, None] + torch.arange(h, device=on))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=on))[:, None, None, :]
+    out = padded[torch.arange(n, device=on)[:, None, None, None], torch.arange(channels, device=on)[None, :, None, None],
+                 rows, cols]
+    flip = torch.rand(n, generator=generator, device=on) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
 @register_dataset("digits")

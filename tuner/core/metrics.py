@@ -25,6 +25,9 @@ from tuner.core.objectives import AttackSettings, cross_entropy_to, kl_to
 COUNTS = ("examples", "natural_correct", "robust_correct", "stable", "lipschitz_sum")
 
 
+RATES = ("natural_acc", "robust_acc", "stability", "lipschitz")
+
+
 @dataclass(frozen=True)
 class Evaluation:
     natural_acc: float
@@ -35,14 +38,25 @@ class Evaluation:
 
     @classmethod
     def from_counts(cls, counts: torch.Tensor) -> Evaluation:
-        """From a tensor of the `COUNTS` sums (summed across workers when data-parallel)."""
+        """From a tensor of the `COUNTS` sums (summed across workers when data-parallel, or over parts of a split)."""
         n, natural, robust, stable, lipschitz = counts.tolist()
         if n == 0:
             raise ValueError("cannot evaluate on an empty split")
         return cls(natural / n, robust / n, stable / n, lipschitz / n, int(n))
 
+    @classmethod
+    def from_dict(cls, values: dict[str, float], prefix: str) -> Evaluation:
+        """The evaluation `as_dict(prefix)` wrote into `values`."""
+        return cls(*(values[f"{prefix}_{name}"] for name in RATES), int(values[f"{prefix}_examples"]))
+
     def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_{name}": getattr(self, name) for name in ("natural_acc", "robust_acc", "stability", "lipschitz")}
+        return {**{f"{prefix}_{name}": getattr(self, name) for name in RATES}, f"{prefix}_examples": self.examples}
+
+    def counts(self) -> torch.Tensor:
+        """The `COUNTS` sums this evaluation came from (float64), to pool it with the counts of other examples."""
+        n = self.examples
+        return torch.tensor([n, round(self.natural_acc * n), round(self.robust_acc * n), round(self.stability * n),
+                             self.lipschitz * n], dtype=torch.float64)
 
 
 def evaluation_counts(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,

@@ -62,10 +62,18 @@ def cross_entropy_to(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @register_objective("trades")
 def trades(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float, attack: AttackSettings) -> ObjectiveValue:
-    with torch.no_grad(), eval_mode(bare(model)):
-        clean_logits = bare(model)(x)
-    x_adv = pgd_linf(bare(model), x, kl_to(clean_logits), epsilon=attack.epsilon, step_size=attack.step_size,
-                     steps=attack.steps, start="normal").x_adv
+    """Under bf16 autocast the clean logits and the first attack step still run in fp32: the attack
+    starts 0.001 from x, where the KL and its gradient are below bf16's resolution of the logits, so
+    a bf16 first step goes in a random direction (and the attack reached 0.85 of fp32's KL)."""
+    net = bare(model)
+    with torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad(), eval_mode(net):
+            clean_logits = net(x)
+        attack_loss = kl_to(clean_logits)
+        first = pgd_linf(net, x, attack_loss, epsilon=attack.epsilon, step_size=attack.step_size,
+                         steps=min(1, attack.steps), start="normal").x_adv
+    x_adv = pgd_linf(net, x, attack_loss, epsilon=attack.epsilon, step_size=attack.step_size,
+                     steps=attack.steps - 1, start=first).x_adv
     logits = model(x)
     natural = F.cross_entropy(logits, y)
     regularizer = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")

@@ -1,10 +1,14 @@
 """One adversarial training trial: train, evaluate on validation every epoch, checkpoint, select, test.
 
-The epoch is selected on the validation split (best robust accuracy); the test split is
-evaluated once, for the selected checkpoint only. `run_trial` resumes from the checkpoint in
-its work directory, so a retried or resumed trial never repeats a finished epoch, and each
-epoch reseeds the random generators from (seed, epoch) so a resumed run matches an
-uninterrupted one.
+After every epoch the model is evaluated (PGD-20 and the Lipschitz probe, REFERENCE.md section 3)
+on the first `val_epoch_examples` of the validation split: a fixed random subset (the split is
+in random order), the same for every trial of a search, so these per-epoch `val_*` metrics, which
+ASHA compares, are comparable across trials. The epoch with the best robust accuracy on it is
+selected, and its checkpoint is then evaluated on the rest of the validation split, so the
+selected epoch's `val_*` in metrics.json cover the whole split, and once on the test split.
+`run_trial` resumes from the checkpoint in its work directory, so a retried or resumed trial
+never repeats a finished epoch, and each epoch reseeds the random generators from (seed, epoch)
+so a resumed run matches an uninterrupted one.
 
 Inside a `torch.distributed` process group (see `distributed`) every worker runs `run_trial`:
 each trains and attacks on its own shard of the global batch, evaluation counts are summed over
@@ -27,7 +31,8 @@ from torch import nn
 import models
 from tuner.core import distributed
 from tuner.core.config import TrialConfig
-from tuner.core.data import Dataset, batches, load_dataset
+from tuner.core.data import Dataset, Split, batches, load_dataset
+from tuner.core.device import autocast, check_precision, memory_format, place_data, place_model, resolve_device
 from tuner.errors import ConfigError
 from tuner.files import write_atomically, write_text_atomically
 from tuner.core.metrics import Evaluation, evaluation_counts
@@ -64,26 +69,23 @@ class Prepared:
 
 
 def prepare(config: TrialConfig) -> Prepared:
-    """Load the data and build the model; raises ConfigError on bad input, writes nothing."""
+    """Load the data and build the model, placed for the device (see `device`); raises ConfigError on bad input, writes nothing."""
     get_objective(config.method)
     workers = distributed.current()
     if config.batch_size % workers.world_size:
         raise ConfigError(f"batch size {config.batch_size} does not split over {workers.world_size} workers: "
                           f"pass a --batch-size divisible by --workers-per-trial")
+    device = resolve_device(config.device)
+    check_precision(config.precision, device)
+    check_precision(config.eval_precision, device, setting="eval_precision")
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         val_fraction=config.val_fraction, split_seed=config.split_seed)
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     normalize = None if config.normalize_mean is None else (config.normalize_mean, config.normalize_std)
     model = models.create_model(config.model, width=config.width, num_classes=data.num_classes,
                                 in_channels=data.in_channels, depth=config.depth, normalize=normalize)
-    return Prepared(config, data, model.to(device), device, workers)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    model = place_model(model, device, channels_last=config.channels_last, compile=config.compile)
+    return Prepared(config, place_data(data, device), model, device, workers)
 
 
 def train_attack(config: TrialConfig) -> AttackSettings:
@@ -117,8 +119,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for x, y in batches(prepared.data.train, config.batch_size // workers.world_size, shuffle=True,
                         generator=generator, augment=config.augment, rank=workers.rank,
-                        world_size=workers.world_size, equal_shards=True, device=device):
-        value = objective(model, x, y, lam=config.lam, attack=attack)
+                        world_size=workers.world_size, equal_shards=True, device=device,
+                        memory_format=memory_format(config.channels_last)):
+        with autocast(config.precision, device):
+            value = objective(model, x, y, lam=config.lam, attack=attack)
         optimizer.zero_grad(set_to_none=True)
         value.loss.backward()
         optimizer.step()
@@ -130,18 +134,32 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared
     return {"train_natural_loss": natural / n, "train_regularizer": regularizer / n}
 
 
-def evaluate_split(prepared: Prepared, split_name: str) -> Evaluation:
-    """Metrics of rank 0's model on the whole "val" or "test" split, with attack random starts fixed by the seed.
+def count_split(prepared: Prepared, split: Split) -> torch.Tensor:
+    """Evaluation counts (`metrics.COUNTS`) of rank 0's model on `split`, in `eval_precision`, with attack
+    random starts fixed by the seed.
 
     Each worker evaluates its shard; the counts are summed over workers, never their averages.
     """
     config, workers = prepared.config, prepared.workers
     distributed.sync_from_main(prepared.model)
     torch.manual_seed(epoch_seed(config.seed, -1, workers.rank))
-    shard = batches(getattr(prepared.data, split_name), config.eval_batch_size, rank=workers.rank,
-                    world_size=workers.world_size, device=prepared.device)
-    counts = evaluation_counts(prepared.model, shard, eval_attack=eval_attack(config), probe_attack=train_attack(config))
-    return Evaluation.from_counts(distributed.all_sum(counts))
+    shard = batches(split, config.eval_batch_size, rank=workers.rank, world_size=workers.world_size,
+                    device=prepared.device, memory_format=memory_format(config.channels_last))
+    with autocast(config.eval_precision, prepared.device):
+        counts = evaluation_counts(prepared.model, shard, eval_attack=eval_attack(config), probe_attack=train_attack(config))
+    return distributed.all_sum(counts)
+
+
+def evaluate_split(prepared: Prepared, split_name: str) -> Evaluation:
+    """Metrics of rank 0's model on the whole "val" or "test" split (see `count_split`)."""
+    return Evaluation.from_counts(count_split(prepared, getattr(prepared.data, split_name)))
+
+
+def validation_parts(prepared: Prepared) -> tuple[Split, Split]:
+    """The validation examples evaluated after every epoch (the first `val_epoch_examples`, all if None), and the rest."""
+    val, n = prepared.data.val, prepared.config.val_epoch_examples
+    n = len(val) if n is None else n
+    return val[:n], val[n:]
 
 
 def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | None = None,
@@ -168,6 +186,7 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
             log(f"resuming after epoch {len(history)} from {ckpt_dir / LAST}")
     distributed.check_same(len(history), "the epochs already trained", prepared.device)
 
+    epoch_val = validation_parts(prepared)[0]
     summary = None
     for epoch in range(len(history) + 1, config.epochs + 1):
         started = time.perf_counter()
@@ -175,12 +194,11 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         record: dict[str, float] = {"epoch": epoch, "lr": lr}
         record.update(train_one_epoch(trained, optimizer, prepared, epoch))
         scheduler.step()
-        record.update(evaluate_split(prepared, "val").as_dict("val"))
+        record.update(Evaluation.from_counts(count_split(prepared, epoch_val)).as_dict("val"))
         record["epoch_seconds"] = time.perf_counter() - started
-        best = max(history, key=lambda r: r["val_robust_acc"], default=None)
         history.append(record)
         if main:  # every worker holds rank 0's model; one copy is written
-            if best is None or record["val_robust_acc"] > best["val_robust_acc"]:
+            if select_epoch(history) is record:
                 atomic_save({"epoch": epoch, "model": model.state_dict()}, ckpt_dir / BEST)
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "history": history}, ckpt_dir / LAST)
@@ -196,22 +214,35 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
 
 
 def select_epoch(history: list[dict[str, float]]) -> dict[str, float]:
-    """The epoch with the best validation robust accuracy (the earliest among ties)."""
-    return max(history, key=lambda r: r["val_robust_acc"])
+    """The epoch with the best per-epoch validation robust accuracy, the latest among ties.
+
+    On a subset of n examples accuracies are multiples of 1/n and ties are common; the later of
+    tied epochs has trained longer. (benchmarks/validation_cost.py: on 18 `quick` trials with 64
+    examples per epoch, the latest among ties selected the whole split's epoch in 17, the
+    earliest in 14.)
+    """
+    return max(history, key=lambda r: (r["val_robust_acc"], r["epoch"]))
 
 
 def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_dir: Path) -> dict[str, Any]:
-    """Evaluate the selected checkpoint on the test split and write metrics.json (rank 0's, on every worker)."""
+    """Evaluate the selected checkpoint on the rest of the validation split and on the test split; write
+    metrics.json (rank 0's, on every worker).
+
+    Its `val_*` pool the selected epoch's per-epoch counts with those of the rest of the split:
+    PGD-20 and the probe on the whole validation split, each example evaluated once.
+    """
     config = prepared.config
     selected = select_epoch(history)
     if prepared.workers.is_main:
         prepared.model.load_state_dict(load_checkpoint(work_dir / CHECKPOINT_DIR / BEST)["model"])
+    rest = count_split(prepared, validation_parts(prepared)[1])
+    val = Evaluation.from_counts(Evaluation.from_dict(selected, "val").counts().to(rest.device) + rest)
     test = evaluate_split(prepared, "test")
     metrics: dict[str, Any] = {
         "width": config.width, "lam": config.lam, "method": config.method, "seed": config.seed,
         "model": config.model, "dataset": config.dataset,
         "best_epoch": int(selected["epoch"]), "epochs_run": len(history),
-        **{k: v for k, v in selected.items() if k.startswith("val_")},
+        **val.as_dict("val"),
         **test.as_dict("test"),
         "history": history,
     }
@@ -222,7 +253,7 @@ def finish_trial(prepared: Prepared, history: list[dict[str, float]], *, work_di
 
 def format_epoch(record: dict[str, float], epochs: int) -> str:
     return (f"epoch {int(record['epoch'])}/{epochs}  loss {record['train_natural_loss']:.3f}  "
-            f"reg {record['train_regularizer']:.3f}  val nat {record['val_natural_acc']:.3f}  "
+            f"reg {record['train_regularizer']:.3f}  val[{int(record['val_examples'])}] nat {record['val_natural_acc']:.3f}  "
             f"rob {record['val_robust_acc']:.3f}  stab {record['val_stability']:.3f}  "
             f"lip {record['val_lipschitz']:.3g}  lr {record['lr']:.3g}  {record['epoch_seconds']:.1f}s")
 
