@@ -43,7 +43,8 @@ class FitReport:
         s = self.scaling
         lines = [f"scaling rule λ* = a·w^b from {s['n_widths']} widths, {s['n_trials_used']} trials "
                  f"({s['level']:.0%} profile-likelihood intervals):",
-                 f"  {s['conclusion']}; a = {number(s['a'])} {interval_text(Interval(*s['a_ci']))}"]
+                 f"  {s['conclusion']}" + ("" if s["a_ci"] == [None, None] else
+                                            f"; a = {number(s['a'])} {interval_text(Interval(*s['a_ci']))}")]
         if s["advice"]:
             lines.append(f"  {s['advice']}")
         lines.append(f"  what the data show: {s['what_the_data_show']}")
@@ -54,9 +55,10 @@ class FitReport:
             robust = "-" if o["robust_acc_at_star"] is None else f"{o['robust_acc_at_star']:.3f}"
             counts = f"{o['n_used']}/{o['n_completed']}/{o['n_early_stopped']}/{o['n_failed']}"
             lam = "no peak" if o["lam_star"] is None else number(o["lam_star"])
+            rule = "-" if o["rule_lam"] is None else number(o["rule_lam"])
             lines.append(f"  {o['width']:>5} {lam:>7} {interval_text(Interval(*o['lam_star_ci'])):>20} "
-                         f"{number(o['rule_lam']):>8} {band:>15} {robust:>10}  {counts}")
-        lines.append(f"  near-optimal: within one seed-noise sd ({s['seed_noise_sd']:.3f}, from "
+                         f"{rule:>8} {band:>15} {robust:>10}  {counts}")
+        lines.append(f"  near-optimal: within one seed-noise sd ({number(s['seed_noise_sd'], 2)}, from "
                      f"{s['seed_noise_source']}); curvature above the peak {s['shape_ratio']:g}× that below it")
         comparison = s["model_comparison"]
         if comparison["models"]:
@@ -64,6 +66,10 @@ class FitReport:
             lines.append(f"  forms by {comparison['criterion']}: {ranked}; {comparison['note']}")
         for p in s["predictions"]:
             extrapolated = ", extrapolated" if p["extrapolated"] else ""
+            if p["lam"] is None:
+                lines.append(f"  recommended λ for width {p['width']}: none: the trials do not locate λ* (its interval "
+                             f"is unbounded both ways); any λ in the widths' near-optimal bands is as good as they tell")
+                continue
             lines.append(f"  recommended λ for width {p['width']}: {number(p['lam'])} "
                          f"{interval_text(Interval(*p['lam_ci']))} ({p['form'].replace('_', ' ')}{extrapolated})")
         lines += [f"  note: {note}" for note in s["notes"]]

@@ -34,16 +34,25 @@ def test_a_clear_exponent_is_stated_with_its_interval(b, words, direction):
 
 
 def test_an_interval_holding_zero_says_no_evidence_and_how_many_more_trials():
-    rows = synthetic_rows(1, b=0.0, a=5.0, widths=(1, 4, 10), n=6, noise=0.03, curvature=0.02)
+    rows = synthetic_rows(2, b=0.0, a=5.0, widths=(1, 4, 10), n=10, noise=0.02, curvature=0.03)
     content = scaling_of(rows)
     low, high = content["b_ci"]
-    assert (low is None or low <= 0) and (high is None or high >= 0)
+    assert low < 0 < high and high - low > 0.5
     assert content["conclusion"] == "no evidence that λ* changes with width at this budget: " + stated_interval(content)
-    trials, seeds = budget_now(Trials.from_rows(rows))
-    assert (trials, seeds) == (6, 1)
-    advice = re.search(r"--trials (\d+) \(now 6\) or --seeds (\d+) \(now 1\)", content["advice"])
-    assert advice and int(advice[1]) > 6 and int(advice[2]) > 1, content["advice"]
+    assert budget_now(Trials.from_rows(rows)) == (10, 1)
+    advice = re.search(r"of about ±0.25, run --trials (\d+) \(now 10\) or --seeds (\d+) \(now 1\)", content["advice"])
+    assert advice and int(advice[1]) > 10 and int(advice[2]) > 1, content["advice"]
     assert "do not show whether λ* changes with width" in content["what_the_data_show"]
+
+
+def test_an_interval_unbounded_both_ways_gives_no_estimate():
+    content = scaling_of(synthetic_rows(1, b=0.0, a=5.0, widths=(1, 4, 10), n=6, noise=0.03, curvature=0.02),
+                         predict=[20])
+    assert content["b_ci"] == [None, None]
+    assert content["conclusion"] == ("no evidence that λ* changes with width at this budget: b is not bounded either "
+                                     "way (every value fits the trials)")
+    assert "not bounded even at one standard error" in content["advice"] and "--trials 24 (now 6)" in content["advice"]
+    assert content["predictions"][0]["lam"] is None and content["predictions"][0]["lam_ci"] == [None, None]
 
 
 def test_a_narrow_interval_around_zero_rules_out_a_change():

@@ -90,9 +90,10 @@ def draw_lambda_vs_width(fig: Figure, scaling: Scaling, colours: dict[int, tuple
             interval_bar(ax, result.width, result.lam_star, result.lam_star_ci, (low, high), colour, "o")
     ax.plot([], [], "o", color="grey", label=rf"each width's own $\lambda^*$, {LEVEL:.0%} interval (arrow: unbounded)")
     ax.plot([], [], lw=9, alpha=0.25, color="grey", label=r"near-optimal $\lambda$ (within one seed-noise sd)")
-    for p in content["predictions"]:
+    predictions = [p for p in content["predictions"] if p["lam"] is not None]
+    for p in predictions:
         interval_bar(ax, p["width"], p["lam"], Interval(*p["lam_ci"]), (low, high), "tab:red", "*")
-    if content["predictions"]:
+    if predictions:
         ax.plot([], [], "*", ms=11, color="tab:red", label=r"recommended $\lambda$")
     ax.set(xscale="log", yscale="log", xlabel=r"width $w$", ylabel=r"$\lambda^*$ (best validation robust accuracy)",
            ylim=(low, high), title=content["conclusion"])

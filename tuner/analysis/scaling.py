@@ -61,6 +61,11 @@ def interval_text(interval: Interval, fmt: Any = number) -> str:
     return f"[{fmt(interval.low)}, {fmt(interval.high)}]"
 
 
+def thousandths(x: float) -> float:
+    """An exponent as scaling.json holds it (and the conclusion states it): three decimals, no negative zero."""
+    return round(x, 3) + 0.0
+
+
 def sig(x: float | None, digits: int = 4) -> float | None:
     """x rounded to `digits` significant digits (for scaling.json)."""
     return None if x is None else float(f"{x:.{digits}g}")
@@ -114,12 +119,13 @@ def _content(fit: SurfaceFit, trials: Trials, predict: Sequence[int], notes: lis
         entry["lam_star_ci"] = [sig(v) for v in result.lam_star_ci.to_list()]
         entry["near_optimal_band"] = [sig(v) for v in result.band]
         entry["lam_range"] = [sig(v) for v in result.lam_range]
-        entry["rule_lam"], entry["rule_lam_ci"] = sig(float(lam)), [sig(v) for v in ci.to_list()]
+        entry["rule_lam"], entry["rule_lam_ci"] = determined(float(lam), ci), [sig(v) for v in ci.to_list()]
         per_width.append(entry)
     predictions = []
     for width in predict:
         p = fit.predict(width)
-        predictions.append({**p, "lam": sig(p["lam"]), "lam_ci": [sig(v) for v in p["lam_ci"]]})
+        predictions.append({**p, "lam": determined(p["lam"], Interval(*p["lam_ci"])),
+                            "lam_ci": [sig(v) for v in p["lam_ci"]]})
     for name, check in fit.checks.items():
         if check["p"] < 0.05:
             notes.append({"curve_lack_of_fit": f"the curves miss the replicate means more than seed noise allows "
@@ -130,14 +136,18 @@ def _content(fit: SurfaceFit, trials: Trials, predict: Sequence[int], notes: lis
     return {
         "rule": "lam_star = a * width ** b", "conclusion": words["conclusion"], "direction": words["direction"],
         "advice": words["advice"], "what_the_data_show": words["shows"],
-        "a": sig(fit.a), "a_ci": [sig(v) for v in a_ci.to_list()], "b": round(fit.b, 3) + 0.0,
-        "b_ci": [None if v is None else round(v, 3) + 0.0 for v in b_ci.to_list()],
-        "b_ci_68": [None if v is None else round(v, 3) + 0.0 for v in fit.b_interval(SD_LEVEL).to_list()],
+        "a": sig(fit.a), "a_ci": [sig(v) for v in a_ci.to_list()], "b": thousandths(fit.b),
+        "b_ci": b_ci.map(thousandths).to_list(), "b_ci_68": fit.b_interval(SD_LEVEL).map(thousandths).to_list(),
         "level": LEVEL, "n_widths": len(fit.data.widths), "n_trials_used": fit.data.n,
-        "seed_noise_sd": sig(fit.seed_sd, 3), "seed_noise_source": fit.seed_sd_source,
+        "seed_noise_sd": sig(fit.seed_sd), "seed_noise_source": fit.seed_sd_source,
         "shape_ratio": fit.shape_ratio, "per_width": per_width, "checks": fit.checks,
         "model_comparison": fit.comparison, "predictions": predictions, "method": METHOD, "notes": notes,
     }
+
+
+def determined(value: float, interval: Interval) -> float | None:
+    """The estimate, or None where its interval is unbounded both ways (any value fits: no estimate to give)."""
+    return None if interval.low is None and interval.high is None else sig(value)
 
 
 def budget_now(trials: Trials) -> tuple[int, int]:
@@ -153,8 +163,9 @@ def budget_now(trials: Trials) -> tuple[int, int]:
 
 def conclusion(fit: SurfaceFit, trials: Trials) -> dict[str, str | None]:
     """What b's interval says, in words that follow it; advice when it says nothing; what the data do show."""
-    b_ci = fit.b_interval()
-    stated = f"b = {exponent(fit.b)} {interval_text(b_ci, exponent)}"
+    b_ci = fit.b_interval().map(thousandths)  # as scaling.json holds it
+    stated = (f"b = {exponent(thousandths(fit.b))} {interval_text(b_ci, exponent)}"
+              if b_ci.low is not None or b_ci.high is not None else "b is not bounded either way (every value fits the trials)")
     b_ci = b_ci.map(lambda b: float(exponent(b)))  # the words follow the interval as printed
     if b_ci.low is not None and b_ci.low > 0:
         return {"direction": "grows", "conclusion": f"λ* grows with width: {stated}", "advice": None,
@@ -163,7 +174,7 @@ def conclusion(fit: SurfaceFit, trials: Trials) -> dict[str, str | None]:
         return {"direction": "falls", "conclusion": f"λ* falls with width: {stated}", "advice": None,
                 "shows": _factor(fit, b_ci)}
     bands = "; ".join(f"w{r.width} λ {number(r.band[0], 2)}–{number(r.band[1], 2)}" for r in fit.per_width)
-    shows = (f"robust accuracy is within one seed-noise sd ({fit.seed_sd:.3f}) of each width's best over a wide "
+    shows = (f"robust accuracy is within one seed-noise sd ({number(fit.seed_sd, 2)}) of each width's best over a wide "
              f"range of λ ({bands}); the data do not show whether λ* changes with width, nor that it stays the same")
     if b_ci.bounded and b_ci.half_width() <= RESOLVE_B:
         return {"direction": "none", "conclusion": f"no evidence that λ* changes with width: {stated}",
@@ -186,21 +197,26 @@ def _factor(fit: SurfaceFit, b_ci: Interval) -> str:
 
 
 def _advice(fit: SurfaceFit, trials: Trials) -> str:
-    """How many λ values (--trials) or seeds (--seeds) would narrow b's 95% interval enough, from its standard error.
+    """How many λ values (--trials) or seeds (--seeds) would give b a useful 95% interval, from the one it has.
 
-    The standard error is the half-width of the 68% interval (or the 95% one / 1.96); intervals
-    shrink as 1/√trials, so the budget must grow by (1.96·se / target)², the target being
-    max(|b|, RESOLVE_B): an interval that excludes 0 if b is what it seems, or one of ±RESOLVE_B.
+    Intervals shrink as 1/√trials. The aim: an interval that excludes 0 if b is what it seems
+    (|b| ≥ RESOLVE_B: the end on 0's side must come within |b|), else one of ±RESOLVE_B. Measured
+    on the 95% interval, or on the 68% one (about ±1 standard error) where the 95% one is unbounded.
     """
     lams, seeds = budget_now(trials)
-    narrow, wide = fit.b_interval(SD_LEVEL), fit.b_interval()
-    se = narrow.half_width() if narrow.bounded else wide.half_width() / 1.96
-    target = max(abs(fit.b), RESOLVE_B)
-    if not math.isfinite(se):
+    for level, z in ((LEVEL, 1.0), (SD_LEVEL, 1.96)):
+        interval = fit.b_interval(level)
+        if interval.bounded:
+            break
+    else:
         return (f"b is not bounded even at one standard error: the trials do not locate λ*; the data cannot say how "
                 f"many more it takes; run at least --trials {4 * lams} (now {lams}) or --seeds {4 * seeds} "
                 f"(now {seeds}), and check that every width's best trials lie inside --lam-range")
-    factor = max((1.96 * se / target) ** 2, 1.0)
-    return (f"for a 95% interval of about ±{target:.2f} run --trials {math.ceil(lams * factor)} (now {lams}) "
-            f"or --seeds {math.ceil(seeds * factor)} (now {seeds}): about {factor:.1f}× the trials")
-
+    if abs(fit.b) >= RESOLVE_B:
+        toward_zero = fit.b - interval.low if fit.b > 0 else interval.high - fit.b
+        factor, aim = (z * toward_zero / abs(fit.b)) ** 2, f"that excludes 0 if b is near {exponent(fit.b)}"
+    else:
+        factor, aim = (z * interval.half_width() / RESOLVE_B) ** 2, f"of about ±{RESOLVE_B:.2f}"
+    factor = max(factor, 1.0)
+    return (f"for a 95% interval {aim}, run --trials {math.ceil(lams * factor)} (now {lams}) or --seeds "
+            f"{math.ceil(seeds * factor)} (now {seeds}): about {factor:.1f}× the trials")

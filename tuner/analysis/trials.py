@@ -19,7 +19,7 @@ from tuner.errors import ConfigError
 from tuner.outputs.results import TRIALS_FILE
 
 REQUIRED_COLUMNS = ("width", "lam", "status", "val_robust_acc", "val_natural_acc", "val_stability")
-OPTIONAL_COLUMNS = ("method", "epochs_run", "seed", "replicate")
+OPTIONAL_COLUMNS = ("method", "epochs_run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +33,6 @@ class Trials:
     robust: np.ndarray  # validation robust accuracy at the selected epoch (nan if none)
     natural: np.ndarray
     stability: np.ndarray
-    seed: np.ndarray  # int; -1 where unknown
-    replicate: np.ndarray  # int; -1 where unknown (searches before replicate seeds)
     methods: tuple[str, ...] = ()  # the training methods present (trades, pgd-at)
 
     @property
@@ -54,7 +52,7 @@ class Trials:
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict[str, Any]]) -> Trials:
-        """From dicts with at least the REQUIRED_COLUMNS (None → nan or −1); rows without a width are dropped."""
+        """From dicts with at least the REQUIRED_COLUMNS (None → nan, or 0 epochs); rows without a width are dropped."""
         rows = [r for r in rows if r.get("width") is not None]
 
         def floats(name: str) -> np.ndarray:
@@ -67,7 +65,6 @@ class Trials:
                    status=np.array([str(r.get("status")) for r in rows], dtype=str),
                    epochs_run=ints("epochs_run", 0), robust=floats("val_robust_acc"),
                    natural=floats("val_natural_acc"), stability=floats("val_stability"),
-                   seed=ints("seed", -1), replicate=ints("replicate", -1),
                    methods=tuple(sorted({str(r["method"]) for r in rows if r.get("method") is not None})))
 
 
