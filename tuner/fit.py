@@ -3,14 +3,13 @@
     python -m tuner.fit RUN_DIR [RUN_DIR ...] [--predict 15,20] [--out DIR]
 
 Reads `trials.parquet` of each RUN_DIR (the same width in several runs pools its trials), writes
-`scaling.json` and three plots to --out (default: the first RUN_DIR) and prints the rule.
-
-The estimator is `tuner.analysis.scaling`; the figures are `tuner.analysis.plots`.
+`scaling.json` and three figures (PNG and SVG) to --out (default: the first RUN_DIR) and prints
+the conclusion, the per-width table and the recommendations.
 
 From code (the search): `fit_runs(run_dirs, out_dir=..., predict=[15, 20])` writes the files and
 returns a FitReport (`.scaling` = scaling.json, `.files`, `.summary_lines()`); it raises
-ConfigError when there is nothing to fit (e.g. a single width). The fitting itself is pure
-functions on arrays in `tuner.analysis.scaling`.
+ConfigError when there is nothing to fit (e.g. a single width). The estimator is
+`tuner.analysis.surface`, its wording `tuner.analysis.scaling`, the figures `tuner.analysis.plots`.
 """
 
 from __future__ import annotations
@@ -22,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tuner import cli
-from tuner.analysis.scaling import N_BOOT, ScalingFit, fit_trials, load_trials
+from tuner.analysis.scaling import Scaling, fit_trials, interval_text, number
+from tuner.analysis.surface import Interval
+from tuner.analysis.trials import load_trials
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
 
 SCALING_FILE = "scaling.json"
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,66 +35,79 @@ class FitReport:
     """What fit_runs wrote: the scaling.json content, the files by name, and the fit itself."""
 
     scaling: dict[str, Any]
-    files: dict[str, Path]  # "scaling.json" and each plot's file name → its path
-    fit: ScalingFit = dataclasses.field(repr=False)
+    files: dict[str, Path]  # "scaling.json" and each figure's file name → its path
+    fit: Scaling = dataclasses.field(repr=False)
 
     def summary_lines(self) -> list[str]:
-        """The rule, the per-width table, the model comparison and the predictions, for printing."""
-        s, ci = self.scaling, _interval_text
-        lines = [f"scaling rule λ* = a·w^b from {s['n_widths']} widths: a = {s['a']:.3g}{ci(s['a_ci'])}, "
-                 f"b = {s['b']:.3g}{ci(s['b_ci'])}" + (" (exact fit through two points, no intervals)" if s["exact_fit"]
-                                                        else " (95% bootstrap intervals)" if s["b_ci"] else ""),
-                 f"{'width':>5} {'λ*':>8} {'95% interval':>18} {'val rob':>8}  used/early-stopped/failed  fit"]
+        """The conclusion, the per-width table, checks, the form comparison and the predictions, for printing."""
+        s = self.scaling
+        lines = [f"scaling rule λ* = a·w^b from {s['n_widths']} widths, {s['n_trials_used']} trials "
+                 f"({s['level']:.0%} profile-likelihood intervals):",
+                 f"  {s['conclusion']}" + ("" if s["a_ci"] == [None, None] else
+                                            f"; a = {number(s['a'])} {interval_text(Interval(*s['a_ci']))}")]
+        if s["advice"]:
+            lines.append(f"  {s['advice']}")
+        lines.append(f"  what the data show: {s['what_the_data_show']}")
+        lines.append(f"  {'width':>5} {'λ*':>7} {'95% interval':>20} {'rule λ*':>8} {'near-optimal λ':>15} "
+                     f"{'val robust':>10}  used/completed/stopped/failed")
         for o in s["per_width"]:
-            interval = "-" if o["lam_star_ci"] is None else f"[{o['lam_star_ci'][0]:.3g}, {o['lam_star_ci'][1]:.3g}]"
-            note = f" ({o['note']})" if o["note"] else ""
-            counts = f"{o['n_trials']}/{o['n_early_stopped']}/{o['n_failed']}"
-            lines.append(f"{o['width']:>5} {o['lam_star']:>8.3g} {interval:>18} {o['robust_acc_at_star']:>8.3f}  "
-                         f"{counts:<25} {o['fit']}{note}")
+            band = f"{number(o['near_optimal_band'][0])}–{number(o['near_optimal_band'][1])}"
+            robust = "-" if o["robust_acc_at_star"] is None else f"{o['robust_acc_at_star']:.3f}"
+            counts = f"{o['n_used']}/{o['n_completed']}/{o['n_early_stopped']}/{o['n_failed']}"
+            lam = "no peak" if o["lam_star"] is None else number(o["lam_star"])
+            rule = "-" if o["rule_lam"] is None else number(o["rule_lam"])
+            lines.append(f"  {o['width']:>5} {lam:>7} {interval_text(Interval(*o['lam_star_ci'])):>20} "
+                         f"{rule:>8} {band:>15} {robust:>10}  {counts}")
+        lines.append(f"  near-optimal: within one seed-noise sd ({number(s['seed_noise_sd'], 2)}, from "
+                     f"{s['seed_noise_source']}); curvature above the peak {s['shape_ratio']:g}× that below it")
         comparison = s["model_comparison"]
         if comparison["models"]:
-            ranked = ", ".join(f"{m['form']} Δ{m['delta']:.1f} (weight {m['weight']:.2f})"
-                               for m in comparison["models"])
-            lines.append(f"model comparison by {comparison['criterion']} on log λ*: {ranked}")
+            ranked = ", ".join(f"{m['form']} Δ{m['delta']:.1f} (weight {m['weight']:.2f})" for m in comparison["models"])
+            lines.append(f"  forms by {comparison['criterion']}: {ranked}; {comparison['note']}")
         for p in s["predictions"]:
-            extrapolated = " (extrapolated)" if p["extrapolated"] else ""
-            lines.append(f"recommended λ for width {p['width']}: {p['lam']:.3g}{ci(p['lam_ci'])}{extrapolated}")
-        lines += [f"note: {note}" for note in s["notes"] + ([comparison["note"]] if comparison.get("note") else [])]
-        lines.append(f"wrote: {', '.join(str(path) for path in self.files.values())}")
+            extrapolated = ", extrapolated" if p["extrapolated"] else ""
+            if p["lam"] is None:
+                lines.append(f"  recommended λ for width {p['width']}: none: the trials do not locate λ* (its interval "
+                             f"is unbounded both ways); any λ in the widths' near-optimal bands is as good as they tell")
+                continue
+            lines.append(f"  recommended λ for width {p['width']}: {number(p['lam'])} "
+                         f"{interval_text(Interval(*p['lam_ci']))} ({p['form'].replace('_', ' ')}{extrapolated})")
+        lines += [f"  note: {note}" for note in s["notes"]]
+        if not comparison["models"]:
+            lines.append(f"  note: {comparison['note']}")
+        lines.append(f"  wrote: {', '.join(str(path) for path in self.files.values())}")
         return lines
-
-
-def _interval_text(interval: Sequence[float] | None) -> str:
-    return "" if interval is None else f" [{interval[0]:.3g}, {interval[1]:.3g}]"
 
 
 def output_files(out_dir: Path) -> list[Path]:
     """The files `fit_runs` writes into `out_dir`: scaling.json and the figures."""
-    from tuner.analysis.plots import SIZES
+    from tuner.analysis.plots import file_names
 
-    return [Path(out_dir) / SCALING_FILE, *(Path(out_dir) / name for name in SIZES)]
+    return [Path(out_dir) / SCALING_FILE, *(Path(out_dir) / name for name in file_names())]
 
 
 def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: Sequence[int] = (), seed: int = 0,
-             n_boot: int = N_BOOT, plots: bool = True) -> FitReport:
-    """Fit the scaling rule to the trials of these run directories and write scaling.json (+ plots) to out_dir.
+             plots: bool = True) -> FitReport:
+    """Fit the scaling rule to the trials of these run directories and write scaling.json (+ figures) to out_dir.
 
-    out_dir defaults to the first run directory. Raises ConfigError for input the fit cannot use.
+    out_dir defaults to the first run directory. `seed` is accepted for callers written for the
+    bootstrap estimator and ignored (profile-likelihood intervals are deterministic). Raises
+    ConfigError for input the fit cannot use.
     """
     if not run_dirs:
         raise ConfigError("no run directory given: pass the run directory of a search (runs/<name>)")
     trials = load_trials(run_dirs)
-    fit = fit_trials(trials, predict=predict, seed=seed, n_boot=n_boot)
+    scaling = fit_trials(trials, predict=predict)
     out_dir = Path(run_dirs[0] if out_dir is None else out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    scaling = {**fit.to_dict(), "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
+    content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
     files = {SCALING_FILE: out_dir / SCALING_FILE}
-    write_text_atomically(files[SCALING_FILE], json.dumps(scaling, indent=2) + "\n")
+    write_text_atomically(files[SCALING_FILE], json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     if plots:
         from tuner.analysis import plots as plotting  # matplotlib only when plotting
 
-        files.update(plotting.write_plots(trials, fit, out_dir))
-    return FitReport(scaling=scaling, files=files, fit=fit)
+        files.update(plotting.write_plots(scaling, out_dir))
+    return FitReport(scaling=content, files=files, fit=scaling)
 
 
 def parse_predict(text: str) -> list[int]:
@@ -113,18 +126,14 @@ def build_parser() -> cli.Parser:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directory of a search (holding trials.parquet); several pool their trials")
     parser.add_argument("--predict", metavar="WIDTHS", help="comma-separated widths to recommend λ for, e.g. 15,20")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="where scaling.json and the plots go (default: the first RUN_DIR)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--bootstrap", type=int, default=N_BOOT, metavar="N", help=f"bootstrap resamples (default {N_BOOT})")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where scaling.json and the figures go (default: the first RUN_DIR)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.bootstrap < 100:
-        raise ConfigError(f"--bootstrap needs at least 100 resamples for a 95% interval, got {args.bootstrap}")
     predict = [] if args.predict is None else parse_predict(args.predict)
-    report = fit_runs(args.run_dirs, out_dir=args.out, predict=predict, seed=args.seed, n_boot=args.bootstrap)
+    report = fit_runs(args.run_dirs, out_dir=args.out, predict=predict)
     print("\n".join(report.summary_lines()))
     return 0
 

@@ -1,54 +1,65 @@
-"""The scaling fit's figures, as PNG files of a fixed pixel size (matplotlib's Agg canvas, no pyplot).
+"""The scaling fit's figures, each as PNG (fixed pixel size) and SVG, drawn on matplotlib's Agg canvas (no pyplot).
 
-Each plot shows the trials the fit used (completed, with a metric); every width keeps one colour
-across the figures. Files are written atomically, like scaling.json.
+Every width keeps one colour across the figures; trials stopped early are hollow markers at the
+value they reached (a lower fidelity than the fitted curves). Files are written atomically.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps, ticker
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tuner.analysis.scaling import Scaling, exponent, interval_text, number
+from tuner.analysis.surface import LEVEL, Interval, SurfaceFit
 from tuner.files import write_atomically
-from tuner.analysis.scaling import ScalingFit, Trials
 
 DPI = 100
-SIZES = {  # file name → (width, height) in inches; pixels = inches × DPI
-    "lambda_vs_width.png": (6.0, 4.5),
-    "tradeoff_vs_lambda.png": (12.0, 4.0),
-    "natural_vs_stability.png": (6.0, 4.5),
+FORMATS = ("png", "svg")
+SIZES = {  # figure name → (width, height) in inches; PNG pixels = inches × DPI
+    "lambda_vs_width": (6.5, 4.8),
+    "tradeoff_vs_lambda": (13.0, 4.4),
+    "natural_vs_stability": (6.0, 4.5),
 }
 TRADEOFF_PANELS = (("robust", "validation robust accuracy"), ("natural", "validation natural accuracy"),
                    ("stability", "validation stability"))
 
 
+def file_names() -> list[str]:
+    """Every file write_plots writes."""
+    return [f"{name}.{fmt}" for name in SIZES for fmt in FORMATS]
+
+
 def pixel_size(name: str) -> tuple[int, int]:
-    """(width, height) in pixels of the plot file `name`."""
-    width, height = SIZES[name]
+    """(width, height) in pixels of the PNG of figure `name` (with or without .png)."""
+    width, height = SIZES[name.removesuffix(".png")]
     return round(width * DPI), round(height * DPI)
 
 
-def write_plots(trials: Trials, fit: ScalingFit, out_dir: Path) -> dict[str, Path]:
-    """All three figures in out_dir; returns file name → path."""
-    colours = width_colours([o.width for o in fit.per_width])
+def write_plots(scaling: Scaling, out_dir: Path) -> dict[str, Path]:
+    """Every figure in out_dir, as PNG and SVG; returns file name → path."""
+    fit = scaling.fit
+    colours = width_colours(list(fit.data.width_values))
     drawers: dict[str, Callable[[Figure], None]] = {
-        "lambda_vs_width.png": lambda fig: draw_lambda_vs_width(fig, fit, colours),
-        "tradeoff_vs_lambda.png": lambda fig: draw_tradeoff(fig, trials, fit, colours),
-        "natural_vs_stability.png": lambda fig: draw_natural_vs_stability(fig, trials, colours),
+        "lambda_vs_width": lambda fig: draw_lambda_vs_width(fig, scaling, colours),
+        "tradeoff_vs_lambda": lambda fig: draw_tradeoff(fig, scaling, colours),
+        "natural_vs_stability": lambda fig: draw_natural_vs_stability(fig, scaling, colours),
     }
     paths = {}
     for name, draw in drawers.items():
         fig = Figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
         FigureCanvasAgg(fig)
         draw(fig)
-        paths[name] = out_dir / name
-        write_atomically(paths[name], lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+        for fmt in FORMATS:
+            path = paths[f"{name}.{fmt}"] = out_dir / f"{name}.{fmt}"
+            write_atomically(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=DPI))
     return paths
 
 
@@ -58,64 +69,111 @@ def width_colours(widths: list[int]) -> dict[int, tuple[float, ...]]:
     return {w: cmap(0.85 * i / max(len(widths) - 1, 1)) for i, w in enumerate(sorted(widths))}
 
 
-def draw_lambda_vs_width(fig: Figure, fit: ScalingFit, colours: dict[int, tuple[float, ...]]) -> None:
-    """λ* per width with its 95% interval, the fitted rule with its 95% band, and the predictions; log–log."""
+def draw_lambda_vs_width(fig: Figure, scaling: Scaling, colours: dict[int, tuple[float, ...]]) -> None:
+    """Each width's own λ* with its interval and near-optimal band, the rule with its band, the predictions; log–log."""
+    fit, content = scaling.fit, scaling.content
     ax = fig.add_subplot()
-    widths = [o.width for o in fit.per_width] + [p["width"] for p in fit.predictions]
-    grid = np.geomspace(min(widths) / 1.15, max(widths) * 1.15, 200)
-    band = fit.band(grid)
-    if band is not None:
-        ax.fill_between(grid, *band, color="tab:blue", alpha=0.2, label="95% band of the rule")
-    exact = " (exact fit, 2 widths)" if fit.exact else ""
-    ax.plot(grid, fit.lam_at(grid), color="tab:blue", label=f"λ* = {fit.a:.3g}·w^{fit.b:.3g}{exact}")
-    for o in fit.per_width:
-        if o.lam_star_ci is None:
-            ax.plot([o.width], [o.lam_star], "o", mfc="white", color=colours[o.width])
-            continue
-        err = [[max(o.lam_star - o.lam_star_ci[0], 0.0)], [max(o.lam_star_ci[1] - o.lam_star, 0.0)]]
-        ax.errorbar([o.width], [o.lam_star], yerr=err, fmt="o", capsize=3, color=colours[o.width])
-    ax.plot([], [], "o", color="grey", label="λ*(w), 95% bootstrap interval (hollow: none)")
-    for p in fit.predictions:
-        err = None if p["lam_ci"] is None else [[p["lam"] - p["lam_ci"][0]], [p["lam_ci"][1] - p["lam"]]]
-        ax.errorbar([p["width"]], [p["lam"]], yerr=err, fmt="*", ms=10, capsize=3, color="tab:red")
-    if fit.predictions:
-        ax.plot([], [], "*", ms=10, color="tab:red", label="recommended λ")
-    ax.set(xscale="log", yscale="log", xlabel="width w", ylabel="λ* (best validation robust accuracy)",
-           title="Best λ against width")
+    widths = list(fit.data.width_values) + [p["width"] for p in content["predictions"]]
+    grid = np.geomspace(min(widths) / 1.15, max(widths) * 1.15, 120)
+    lam, intervals = fit.lam_at(grid)
+    low, high = _limits(fit, lam)
+    band_low = [low if i.low is None else i.low for i in intervals]
+    band_high = [high if i.high is None else i.high for i in intervals]
+    ax.fill_between(grid, band_low, band_high, color="tab:blue", alpha=0.15, lw=0,
+                    label=rf"{LEVEL:.0%} band of the rule (clipped where unbounded)")
+    b_ci = interval_text(fit.b_interval(), exponent)
+    ax.plot(grid, lam, color="tab:blue", label=rf"$\lambda^* = a\,w^{{b}}$, $b$ = {exponent(fit.b)} {b_ci}")
+    for result in fit.per_width:
+        colour = colours[result.width]
+        ax.plot([result.width] * 2, result.band, lw=9, alpha=0.25, color=colour, solid_capstyle="butt")
+        if result.lam_star is not None:
+            interval_bar(ax, result.width, result.lam_star, result.lam_star_ci, (low, high), colour, "o")
+    ax.plot([], [], "o", color="grey", label=rf"each width's own $\lambda^*$, {LEVEL:.0%} interval (arrow: unbounded)")
+    ax.plot([], [], lw=9, alpha=0.25, color="grey", label=r"near-optimal $\lambda$ (within one seed-noise sd)")
+    predictions = [p for p in content["predictions"] if p["lam"] is not None]
+    for p in predictions:
+        interval_bar(ax, p["width"], p["lam"], Interval(*p["lam_ci"]), (low, high), "tab:red", "*")
+    if predictions:
+        ax.plot([], [], "*", ms=11, color="tab:red", label=r"recommended $\lambda$")
+    ax.set(xscale="log", yscale="log", xlabel=r"width $w$", ylabel=r"$\lambda^*$ (best validation robust accuracy)",
+           ylim=(low, high), title=content["conclusion"])
+    ax.title.set_fontsize("medium")
     plain_log_labels(ax.xaxis, ax.yaxis)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="best")
 
 
-def draw_tradeoff(fig: Figure, trials: Trials, fit: ScalingFit, colours: dict[int, tuple[float, ...]]) -> None:
-    """Robust accuracy, natural accuracy and stability against λ (log), one curve per width, λ* dotted."""
+def interval_bar(ax: Axes, x: float, value: float, interval: Interval, limits: tuple[float, float], colour: object,
+                 marker: str) -> None:
+    """A point with its interval on a log axis; an unbounded end runs to the axis limit and ends in an arrowhead."""
+    low = limits[0] if interval.low is None else interval.low
+    high = limits[1] if interval.high is None else interval.high
+    ax.vlines(x, low, high, color=colour, lw=1.2)
+    ax.plot([x], [value], marker, ms=11 if marker == "*" else 6, color=colour)
+    for end, bounded, arrow, inset in ((low, interval.low is not None, "v", 1.12),
+                                       (high, interval.high is not None, "^", 1 / 1.12)):
+        ax.plot([x], [end if bounded else end * inset], "_" if bounded else arrow, ms=8 if bounded else 6,
+                color=colour)
+
+
+def _limits(fit: SurfaceFit, lam: np.ndarray) -> tuple[float, float]:
+    """The y range: the sampled λ range, widened to the fitted rule; unbounded intervals are drawn to its edge."""
+    x = np.concatenate([p.x for p in fit.data.widths])
+    low = min(math.exp(x.min()), float(lam.min())) / 1.5
+    high = max(math.exp(x.max()), float(lam.max())) * 1.5
+    return low, high
+
+
+def draw_tradeoff(fig: Figure, scaling: Scaling, colours: dict[int, tuple[float, ...]]) -> None:
+    """Robust accuracy with each width's fitted curve, band, λ* and near-optimal band; natural accuracy; stability."""
+    fit, trials = scaling.fit, scaling.trials
     axes = fig.subplots(1, len(TRADEOFF_PANELS), sharex=True)
     usable = trials.usable
-    for o in fit.per_width:
-        here = usable & (trials.width == o.width)
-        order = np.argsort(trials.lam[here])
+    for k, result in enumerate(fit.per_width):
+        colour = colours[result.width]
+        here = usable & (trials.width == result.width)
+        stopped = here & (trials.status == "early_stopped")
+        completed = here & ~stopped
+        x = np.log(np.asarray(result.lam_range))
+        grid = np.linspace(x[0], x[1], 200)
+        curve, se = fit.curve(k, grid)
+        axes[0].plot(np.exp(grid), curve, color=colour, lw=1.5, label=rf"$w$ = {result.width}")
+        axes[0].fill_between(np.exp(grid), curve - 1.96 * se, curve + 1.96 * se, color=colour, alpha=0.15, lw=0)
+        axes[0].plot(result.band, [curve.max() + 0.004] * 2, color=colour, lw=4, alpha=0.6, solid_capstyle="butt")
+        if result.lam_star is not None:
+            axes[0].axvline(result.lam_star, ls=":", lw=1, color=colour)
         for ax, (metric, _) in zip(axes, TRADEOFF_PANELS):
-            ax.plot(trials.lam[here][order], getattr(trials, metric)[here][order], "o-", ms=3, lw=1,
-                    color=colours[o.width], label=f"w={o.width}")
-            ax.axvline(o.lam_star, ls=":", lw=1, color=colours[o.width])
+            values = getattr(trials, metric)
+            ax.scatter(trials.lam[completed], values[completed], s=16, color=colour, zorder=3)
+            ax.scatter(trials.lam[stopped], values[stopped], s=16, facecolors="none", edgecolors=colour, zorder=3)
+    axes[0].plot([], [], "o", mfc="none", color="grey", label="stopped early (at its last epoch)")
+    axes[0].plot([], [], lw=4, alpha=0.6, color="grey", label="near-optimal λ")
+    axes[0].plot([], [], ls=":", color="grey", label=r"$\lambda^*$ of the width")
     for ax, (_, label) in zip(axes, TRADEOFF_PANELS):
-        ax.set(xscale="log", xlabel="λ", ylabel=label)
+        ax.set(xscale="log", xlabel=r"$\lambda$", ylabel=label)
         plain_log_labels(ax.xaxis)
-    axes[0].legend(fontsize="small", title="dotted: λ*", title_fontsize="small")
+    axes[0].set_title(rf"each width's fitted curve (all epochs) with its {LEVEL:.0%} band", fontsize="small")
+    axes[0].legend(fontsize="x-small")
 
 
 def plain_log_labels(*axes: Axis) -> None:
-    """Log-axis labels as plain numbers (3, 10, 20), not 3×10⁰."""
+    """Log-axis ticks at 1, 2, 5 × 10^k labelled as plain numbers (0.5, 2, 20), never 5×10⁻¹ or 5e-01."""
     for axis in axes:
-        axis.set_major_formatter(ticker.LogFormatter())
-        axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: number(value)))
+        axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def draw_natural_vs_stability(fig: Figure, trials: Trials, colours: dict[int, tuple[float, ...]]) -> None:
+def draw_natural_vs_stability(fig: Figure, scaling: Scaling, colours: dict[int, tuple[float, ...]]) -> None:
     """Natural accuracy against stability, one colour per width: the paper's trade-off."""
+    trials = scaling.trials
     ax = fig.add_subplot()
     for width, colour in colours.items():
         here = trials.usable & (trials.width == width)
-        ax.scatter(trials.stability[here], trials.natural[here], s=18, color=colour, label=f"w={width}")
+        stopped = here & (trials.status == "early_stopped")
+        ax.scatter(trials.stability[here & ~stopped], trials.natural[here & ~stopped], s=18, color=colour,
+                   label=rf"$w$ = {width}")
+        ax.scatter(trials.stability[stopped], trials.natural[stopped], s=18, facecolors="none", edgecolors=colour)
+    ax.scatter([], [], s=18, facecolors="none", edgecolors="grey", label="stopped early")
     ax.set(xlabel="validation stability", ylabel="validation natural accuracy",
            title="Natural accuracy against stability")
     ax.legend(fontsize="small")
