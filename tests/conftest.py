@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline digits data, the quick preset and a CE-trained (undefended) model."""
+"""Shared fixtures: the offline digits data, the quick preset, a CE-trained (undefended) model, a finished search."""
 
 from __future__ import annotations
 
@@ -53,3 +53,18 @@ def trades_quick(tmp_path_factory) -> tuple[torch.nn.Module, Dataset]:
     prepared = prepare(load_preset("quick").trial_config(width=4, lam=6.0, epochs=3))
     run_trial(prepared, work_dir=tmp_path_factory.mktemp("trades_quick"), log=None)
     return prepared.model.eval(), prepared.data
+
+
+@pytest.fixture(scope="session")
+def search_run(tmp_path_factory):
+    """A finished `python -m tuner.search` (2 widths × 3 trials × 2 epochs; ASHA made harsh, grace 1 and keep the
+    top quarter, to stop trials) in its own directory with MLflow's default store there: (run dir, its result)."""
+    from tests.helpers import run_command, write_preset
+
+    tmp = tmp_path_factory.mktemp("search")
+    preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
+                         "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
+                         cwd=tmp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return tmp / "runs" / "it", result

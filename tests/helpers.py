@@ -14,6 +14,17 @@ from pathlib import Path
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: mlflow, ray
 
 
+def write_preset(path: Path, **search) -> str:
+    """The quick preset with some search settings changed, as a user-written preset file."""
+    import yaml
+
+    from tuner.presets import load_preset
+
+    preset = load_preset("quick")
+    path.write_text(yaml.safe_dump({"trial": preset.trial, "search": {**preset.search, **search}}))
+    return str(path)
+
+
 def run_command(module: str, *args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)

@@ -12,42 +12,21 @@ import urllib.request
 import optuna
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import BIN, assert_usage_error, free_port, run_command
-from tuner.presets import load_preset
+from tests.helpers import BIN, assert_usage_error, free_port, run_command, write_preset
 from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 
 pytestmark = pytest.mark.slow
-
-
-def write_preset(path, **search):
-    """The quick preset with some search settings changed, as a user-written preset file."""
-    preset = load_preset("quick")
-    path.write_text(yaml.safe_dump({"trial": preset.trial, "search": {**preset.search, **search}}))
-    return str(path)
 
 
 def studies(run_dir):
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).trials
             for s in optuna.get_all_study_summaries(storage)}
-
-
-@pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
-    """2 widths × 3 trials × 2 epochs; ASHA made harsh (grace 1, keep the top quarter) to stop trials."""
-    tmp = tmp_path_factory.mktemp("search")
-    preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
-    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
-                         "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
-                         cwd=tmp)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return tmp / "runs" / "it", result
 
 
 def test_parquet_tables_have_the_schema_and_one_row_per_trial(search_run):

@@ -44,6 +44,7 @@ from tuner.plan import SearchPlan, trial_name  # noqa: E402
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 
 KIND, SEARCH, WIDTH, TRIAL_ID = "rwt.kind", "rwt.search", "rwt.width", "ray_trial_id"
+STRONG = "rwt.strong"  # prefix of the tags that mark each strong evaluation logged (see log_evaluation)
 ORPHANED = "orphaned_trial"  # the kind of a trial run whose trial no store kept (see close_orphans)
 # early-stopped trials end FINISHED (they did what ASHA asked); their `status` tag says early_stopped
 FINAL_STATUS = {"completed": RunStatus.FINISHED, "early_stopped": RunStatus.FINISHED, "error": RunStatus.FAILED}
@@ -142,6 +143,7 @@ class Tracker:
                               else self.client.create_experiment(plan.name, tags=EXPERIMENT_KIND))
         self._runs: dict[tuple[str, str], str] = {}
         self.search_status_before: str | None = None  # of a search run found again (a resume, an evaluation)
+        self._reopened: dict[str, str] = {}  # run id → status of a finished run found again and reopened
         self._run_lock = threading.RLock()
         self._logged_steps: dict[str, int] = {}
         self.failures = Failures()
@@ -192,8 +194,14 @@ class Tracker:
 
     def log_evaluation(self, trial: dict[str, Any], evaluation: dict[str, Any]) -> None:
         """A strong evaluation as metrics of the trial's run: `<split>_strong_robust_acc`, `<split>_strong_pgd20_robust_acc`
-        (PGD-20 on the same examples), `<split>_strong_natural_acc` and `<split>_broken_<attack>` per attack."""
-        split = evaluation["split"]
+        (PGD-20 on the same examples), `<split>_strong_natural_acc` and `<split>_broken_<attack>` per attack.
+
+        The metrics hold the evaluation logged last, its suite and examples in the tags `<split>_strong_suite`
+        and `<split>_strong_examples`; every evaluation also leaves a tag `rwt.strong.<split>.<suite>.<examples>`
+        with its robust accuracy, by which it is logged once (a rerun or a resume's catch-up logs nothing).
+        """
+        split, suite, examples = evaluation["split"], evaluation["suite"], evaluation["examples"]
+        logged = f"{STRONG}.{split}.{suite}.{examples}"
         values = {f"{split}_strong_robust_acc": evaluation["strong_robust_acc"],
                   f"{split}_strong_pgd20_robust_acc": evaluation["pgd_robust_acc"],
                   f"{split}_strong_natural_acc": evaluation["natural_acc"],
@@ -201,11 +209,12 @@ class Tracker:
 
         def log() -> None:
             run_id = self._trial_run(trial)
-            if f"{split}_strong_robust_acc" in self.client.get_run(run_id).data.metrics:
-                return  # logged before (a resume's catch-up)
+            if logged in self.client.get_run(run_id).data.tags:
+                return
             now = int(time.time() * 1000)
             self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-                                  tags=[RunTag(f"{split}_strong_suite", evaluation["suite"])])
+                                  tags=[RunTag(f"{split}_strong_suite", suite), RunTag(f"{split}_strong_examples", str(examples)),
+                                        RunTag(logged, f"{evaluation['strong_robust_acc']:.6g}")])
 
         self._submit(self._trial_label(trial), log)
 
@@ -244,6 +253,7 @@ class Tracker:
         """
         if status != "FINISHED":
             self._submit("open runs", lambda: self._end_open_runs(status))
+        self._submit("reopened runs", self._end_reopened_runs)
         self._submit("search run", lambda: self.client.set_terminated(self.search_run, status))
         self._deadline = time.monotonic() + timeout
         self._queue.put(None)
@@ -377,6 +387,12 @@ class Tracker:
             if run.info.run_id != self.search_run:
                 self.client.set_terminated(run.info.run_id, status)
 
+    def _end_reopened_runs(self) -> None:
+        """Runs this tracker reopened and nothing ended since (an evaluation's width runs) get their status back."""
+        for run_id, status in list(self._reopened.items()):
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status)
+
     def _run(self, kind: str, key: str, *, run_name: str, parent: str | None, params: dict[str, Any],
              tags: dict[str, str] | None = None) -> str:
         """The run of this kind and key in the experiment, created (with params) if it is not there."""
@@ -399,6 +415,8 @@ class Tracker:
                 self.search_status_before = found[0].info.status
             if found[0].info.status != "RUNNING" and not finished_trial:
                 self.client.update_run(run_id, status="RUNNING")
+                if kind != "search":  # close() ends the search run itself
+                    self._reopened[run_id] = found[0].info.status
         else:
             all_tags = {KIND: kind, SEARCH: self.plan.name, MLFLOW_RUN_NAME: run_name, **(tags or {})}
             if parent:
