@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tuner.core.data import load_dataset
 from tuner.errors import ConfigError
-from tuner.orchestration.evaluation import choose, ranking_check
+from tuner.orchestration.evaluation import Request, choose, ranking_check, width_requests
+from tuner.plan import build_plan
+from tuner.presets import load_preset
 
 
 def trial(trial_id, width, lam, robust, status="completed"):
@@ -46,3 +51,31 @@ def test_the_ranking_check_calls_a_change_only_beyond_noise():
 def test_the_ranking_check_needs_two_evaluated_trials_of_the_suite():
     assert ranking_check(ROWS, [evaluation("b", 1, 0.4)], suite="fast") == []
     assert ranking_check(ROWS, [evaluation("b", 1, 0.4), evaluation("c", 1, 0.5)], suite="standard") == []
+
+
+def quick_plan(**evaluation):
+    search = {"evaluation": {"suite": "fast", "trials": "best", "ranking": 3, "examples": None, **evaluation}}
+    return build_plan(load_preset("quick"), name="t", out=Path("runs"), search_overrides=search, trial_overrides={})
+
+
+def test_a_request_is_keyed_by_the_examples_it_evaluates_at_most_the_split():
+    plan = quick_plan()
+    data = load_dataset("digits", val_fraction=plan.trial.val_fraction, split_seed=plan.trial.split_seed)
+    row = ROWS[1]
+    assert Request(row, "test", "fast", None).key(plan) == ("b", "test", "fast", len(data.test))
+    assert Request(row, "val", "fast", None).key(plan) == ("b", "val", "fast", len(data.val))
+    assert Request(row, "val", "fast", 64).key(plan) == ("b", "val", "fast", 64)
+    assert Request(row, "test", "fast", 10**6).key(plan) == Request(row, "test", "fast", None).key(plan), \
+        "more examples than the split has is the whole split: the same evaluation, never done twice"
+
+
+def test_a_width_gets_its_best_trials_on_test_and_its_top_trials_on_validation_for_the_ranking_check():
+    asked = {(r.row["trial_id"], r.split, r.suite, r.examples) for r in width_requests(quick_plan(examples=100), ROWS, 1)}
+    assert asked == {("b", "test", "fast", 100), ("b", "val", "fast", 100), ("c", "val", "fast", 100),
+                     ("a", "val", "fast", 100)}, "early-stopped d: neither"
+    top_two = width_requests(quick_plan(trials="top-2", ranking=0), ROWS, 4)
+    assert [(r.row["trial_id"], r.split) for r in top_two] == [("f", "test"), ("e", "test")]
+    assert width_requests(quick_plan(trials="off", ranking=0), ROWS, 1) == []
+    lone = [trial("g", 8, 1.0, 0.5)]
+    assert [(r.row["trial_id"], r.split) for r in width_requests(quick_plan(), lone, 8)] == [("g", "test")], \
+        "one trial: no ranking to check"
