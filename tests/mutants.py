@@ -83,10 +83,20 @@ MODELS = "tests/models/test_models.py::"
 WRN_BLOCK = MODELS + "test_wrn_block_is_the_trades_pre_activation_block"
 CNN_CHANNELS = MODELS + "test_cnn_channels_are_base_times_width_doubling_per_stage"
 NORMALIZATION = MODELS + "test_normalization_lives_inside_the_model"
-FIT = "tests/test_fit.py::"
-PARABOLA = FIT + "test_quadratic_optimum_is_exact_on_a_noiseless_parabola_and_falls_back_at_edges"
-KNOWN_RULE = FIT + "test_recovers_the_exponent_of_a_known_rule"
-EARLY_STOPPED = FIT + "test_early_stopped_and_failed_trials_are_counted_but_not_fitted"
+APGD = "tests/core/test_apgd.py::"
+APGD_BY_HAND = APGD + "test_apgd_iterates_as_the_published_algorithm_and_returns_its_lowest_margin_point"
+APGD_START = APGD + "test_random_start_is_on_the_boundary_of_the_eps_ball"
+APGD_TARGETS = APGD + "test_targets_are_the_next_most_likely_classes_on_the_clean_input"
+DLR_BY_HAND = APGD + "test_dlr_values_on_hand_made_logits"
+TARGETED_DLR_BY_HAND = APGD + "test_targeted_dlr_values_on_hand_made_logits"
+SUITE_BY_HAND = "tests/core/test_suites.py::test_each_attack_breaks_only_survivors_and_robust_is_the_worst_case_on_hand_made_examples"
+SURFACE = "tests/analysis/test_surface.py::"
+KNOWN_RULE = SURFACE + "test_recovers_the_exponent_of_a_known_rule_from_noisy_trials"
+ASYMMETRIC = SURFACE + "test_noiseless_asymmetric_curves_give_their_peaks_and_shape"
+FIDELITY = SURFACE + "test_early_stopped_trials_enter_at_their_fidelity"
+SEED_NOISE = SURFACE + "test_replicates_measure_the_seed_noise"
+INTERVALS_BY_HAND = SURFACE + "test_intervals_are_the_profile_likelihood_intervals_computed_by_hand"
+A_AWAY_FROM_ONE = SURFACE + "test_a_and_the_predictions_follow_the_rule_when_the_narrowest_width_is_not_one"
 
 MUTANTS = [
     # PGD (tuner/core/attacks.py)
@@ -351,27 +361,118 @@ MUTANTS = [
            new="(x - self.mean) * self.std",
            why="input normalization inverted",
            tests=(NORMALIZATION,)),
-    # the λ* estimator (tuner/analysis/scaling.py)
-    Mutant("fit-uses-early-stopped-trials", "tuner/analysis/scaling.py",
-           old='((self.status == "completed") & np.isfinite(self.robust)',
-           new='((self.status != "error") & np.isfinite(self.robust)',
-           why="ASHA's low-fidelity values of early-stopped trials enter λ*(w)",
-           tests=(EARLY_STOPPED,)),
-    Mutant("lambda-star-on-natural-accuracy", "tuner/analysis/scaling.py",
-           old='robust=floats("val_robust_acc"), natural=floats("val_natural_acc")',
-           new='robust=floats("val_natural_acc"), natural=floats("val_robust_acc")',
+    # APGD (tuner/core/attacks.py)
+    Mutant("apgd-momentum-on-the-first-step", "tuner/core/attacks.py",
+           old="a = 1.0 if iteration == 1 else MOMENTUM",
+           new="a = MOMENTUM",
+           why="APGD's first step damped by momentum: it moves 0.75·2ε instead of 2ε",
+           tests=(APGD_BY_HAND,)),
+    Mutant("apgd-step-never-halves", "tuner/core/attacks.py",
+           old='state["step"] = torch.where(halve, state["step"] / 2, state["step"])',
+           new='state["step"] = state["step"]',
+           why="APGD keeps its first step 2ε to the end: it oscillates instead of converging",
+           tests=(APGD_BY_HAND,)),
+    Mutant("apgd-halving-condition-inverted", "tuner/core/attacks.py",
+           old='halve = (state["rises"] <= OSCILLATION * (iteration - last_check))',
+           new='halve = (state["rises"] > OSCILLATION * (iteration - last_check))',
+           why="APGD halves its step while the loss keeps rising, not when it stalls",
+           tests=(APGD_BY_HAND,)),
+    Mutant("apgd-no-restart-from-the-best-point", "tuner/core/attacks.py",
+           old='for key, source in (("x", "best"), ("previous", "best"), ("grad", "best_grad"), ("value", "best_value")):',
+           new="for key, source in ():",
+           why="APGD halves its step but goes on from where it is, not from the best point",
+           tests=(APGD_BY_HAND,)),
+    Mutant("apgd-keeps-the-last-point", "tuner/core/attacks.py",
+           old="lower_margin = point_margin < best_margin[index]",
+           new="lower_margin = torch.ones_like(point_margin, dtype=torch.bool)",
+           why="APGD returns its last iterate, not the lowest-margin point it saw per example",
+           tests=(APGD_BY_HAND,)),
+    Mutant("apgd-start-inside-the-ball", "tuner/core/attacks.py",
+           old="start = torch.clamp(x + view(scale, x) * direction, lower, upper)",
+           new="start = torch.clamp(x + epsilon * direction, lower, upper)",
+           why="APGD's random start uniform inside the ε-ball instead of on its boundary",
+           tests=(APGD_START,)),
+    Mutant("dlr-denominator-second-logit", "tuner/core/attacks.py",
+           old="top[:, 0] - top[:, 2] + 1e-12",
+           new="top[:, 0] - top[:, 1] + 1e-12",
+           why="DLR divided by z_π1 − z_π2 instead of z_π1 − z_π3: unbounded when the top two tie",
+           tests=(DLR_BY_HAND,)),
+    Mutant("targeted-dlr-denominator-third-logit", "tuner/core/attacks.py",
+           old="top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12",
+           new="top[:, 0] - top[:, 2] + 1e-12",
+           why="targeted DLR divided by z_π1 − z_π3 instead of z_π1 − ½(z_π3 + z_π4)",
+           tests=(TARGETED_DLR_BY_HAND,)),
+    Mutant("apgd-t-targets-the-predicted-class", "tuner/core/attacks.py",
+           old="ranked = clean_logits.scatter(1, y[:, None], -math.inf).argsort(1, descending=True)",
+           new="ranked = clean_logits.argsort(1, descending=True)",
+           why="APGD-T's targets from the most likely class on: its first run targets y itself",
+           tests=(APGD_TARGETS,)),
+    # suites (tuner/core/suites.py)
+    Mutant("suite-attacks-every-example", "tuner/core/suites.py",
+           old="survived = correct_after(model, x, y, robust,",
+           new="survived = correct_after(model, x, y, torch.ones_like(robust),",
+           why="each attack runs on every example, and an example an earlier attack broke counts robust again",
+           tests=(SUITE_BY_HAND,)),
+    Mutant("suite-robust-from-the-last-attack", "tuner/core/suites.py",
+           old="            for i, (attack, options) in enumerate(attacks):\n"
+               "                survived = correct_after(model, x, y, robust,\n",
+           new="            natural = robust\n"
+               "            for i, (attack, options) in enumerate(attacks):\n"
+               "                survived = correct_after(model, x, y, natural,\n",
+           why="robust accuracy under the suite's last attack alone, not the worst case over its attacks",
+           tests=(SUITE_BY_HAND,)),
+    Mutant("suite-counts-clean-wrong-robust", "tuner/core/suites.py",
+           old="    result = correct.clone()\n",
+           new="    result = torch.ones_like(correct)\n",
+           why="an example misclassified on the clean input counts robust when the attack does not change that",
+           tests=(SUITE_BY_HAND,)),
+    # the λ* estimator (tuner/analysis/surface.py, trials.py)
+    Mutant("fit-uses-early-stopped-trials", "tuner/analysis/surface.py",
+           old="lower = epochs < reference",
+           new="lower = epochs < 0",
+           why="fidelity offsets ignored: ASHA's low-fidelity values of early-stopped trials enter λ*(w) as final ones",
+           tests=(FIDELITY,)),
+    Mutant("lambda-star-on-natural-accuracy", "tuner/analysis/trials.py",
+           old='robust=floats("val_robust_acc")',
+           new='robust=floats("val_natural_acc")',
            why="λ*(w) maximizes validation natural accuracy instead of robust",
            tests=(KNOWN_RULE,)),
-    Mutant("quadratic-peak-sign-flipped", "tuner/analysis/scaling.py",
-           old="peak = np.where(concave, -coef[:, 1] / (2 *",
-           new="peak = np.where(concave, coef[:, 1] / (2 *",
-           why="the maximizer of the fitted quadratic mirrored about the range centre",
-           tests=(PARABOLA,)),
-    Mutant("bootstrap-resamples-nothing", "tuner/analysis/scaling.py",
-           old="pick = rng.integers(0, len(x), size=(n_boot, len(x)))",
-           new="pick = np.tile(np.arange(len(x)), (n_boot, 1))",
-           why="every bootstrap replicate is the original trials: zero-width intervals",
+    Mutant("quadratic-peak-sign-flipped", "tuner/analysis/surface.py",
+           old="d = self.x[None, :] - h[:, None]",
+           new="d = h[:, None] - self.x[None, :]",
+           why="the curve's distance to its peak with the wrong sign: the plateau side on the left of the peak",
+           tests=(ASYMMETRIC,)),
+    Mutant("intervals-of-zero-width", "tuner/analysis/surface.py",
+           old="return self.rss <= self.rss_min * (1 + stats.f.ppf(level, 1, self.df) / self.df)",
+           new="return self.rss <= self.rss_min",
+           why="the confidence region is the best fit alone: intervals of zero width (the bootstrap of the old "
+               "estimator resampling nothing)",
+           tests=(INTERVALS_BY_HAND,)),
+    Mutant("rule-interval-joint-quantile", "tuner/analysis/surface.py",
+           old="stats.f.ppf(level, 1, self.df)",
+           new="stats.f.ppf(level, 2, self.df)",
+           why="b's interval from the joint 2-parameter region (F with 2 degrees of freedom), not b's profile",
+           tests=(INTERVALS_BY_HAND,)),
+    Mutant("peak-interval-chi2-quantile", "tuner/analysis/surface.py",
+           old="sigma2 * stats.f.ppf(LEVEL, 1, df)",
+           new="sigma2 * stats.chi2.ppf(LEVEL, 1)",
+           why="a width's λ* interval from the χ²₁ quantile though σ² is estimated (F₁,df): too narrow",
+           tests=(INTERVALS_BY_HAND,)),
+    Mutant("a-with-the-sign-of-b-flipped", "tuner/analysis/surface.py",
+           old="math.exp(self.rule.best[0] - self.b * math.log(",
+           new="math.exp(self.rule.best[0] + self.b * math.log(",
+           why="a = λ*(w_min)·w_min^(+b): λ* = a·w^b wrong wherever the narrowest width is not 1",
+           tests=(A_AWAY_FROM_ONE,)),
+    Mutant("rule-with-the-sign-of-b-flipped", "tuner/analysis/surface.py",
+           old="return u[:, :1] + (u[:, 1:] - u[:, :1]) * t",
+           new="return u[:, :1] - (u[:, 1:] - u[:, :1]) * t",
+           why="λ*(w) extrapolated from the narrowest width with the exponent's sign flipped",
            tests=(KNOWN_RULE,)),
+    Mutant("seed-noise-variance-as-sd", "tuner/analysis/surface.py",
+           old="math.sqrt(ss_pe / df_pe)",
+           new="ss_pe / df_pe",
+           why="the replicates' variance used as their standard deviation (near-optimal bands far too narrow)",
+           tests=(SEED_NOISE,)),
 ]
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from benchmarks import fit_calibration
 from tests.analysis.synthetic import A, B, WIDTHS, synthetic_rows
@@ -117,3 +118,50 @@ def test_intervals_reach_nominal_coverage_on_simulated_searches():
     assert coverage >= 0.8, f"coverage {coverage:.2f}"
     assert np.mean([i.bounded for i in intervals]) >= 0.7, "intervals that cover by being unbounded say nothing"
     assert np.median([i.half_width() for i in intervals]) < 0.8
+
+
+def rss_by_hand(x: np.ndarray, y: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """Least squares of y = α − κ·(x − h)², κ ≥ 0 (else a flat line), for each peak h: the residual sum of squares."""
+    rss = []
+    for h in peaks:
+        design = np.column_stack([np.ones_like(x), -(x - h) ** 2])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        fitted = design @ coef if coef[1] >= 0 else np.full_like(y, y.mean())
+        rss.append(np.sum((y - fitted) ** 2))
+    return np.array(rss)
+
+
+def test_intervals_are_the_profile_likelihood_intervals_computed_by_hand():
+    """Two widths, a symmetric parabola each: the free model and the rule have 2 × 3 coefficients, so both
+    intervals use F(0.95; 1, n − 6) and σ² from the residuals; recomputed here on a finer grid of peaks."""
+    rows = synthetic_rows(11, widths=(2, 8), n=8, noise=0.02)
+    result = fit(rows, (2, 8), ratios=(1.0,), forms=("power_law",))
+    quantile = stats.f.ppf(0.95, 1, len(rows) - 6)
+    curves = []
+    for width in (2, 8):
+        x = np.log([r["lam"] for r in rows if r["width"] == width])
+        y = np.array([r["val_robust_acc"] for r in rows if r["width"] == width])
+        peaks = np.arange(x.min() - 1.5, x.max() + 1.5, 0.002)
+        curves.append((peaks, rss_by_hand(x, y, peaks)))
+    sigma2 = sum(rss.min() for _, rss in curves) / (len(rows) - 6)
+    for (peaks, rss), found in zip(curves, result.per_width):
+        inside = peaks[rss - rss.min() <= sigma2 * quantile]
+        assert 0 < inside[0] and inside[-1] < peaks[-1], "bounded, or the test says nothing"
+        np.testing.assert_allclose(np.log(found.lam_star_ci.to_list()), [inside[0], inside[-1]], atol=0.02)
+    (h0, r0), (h1, r1) = curves
+    total = r0[:, None] + r1[None, :]
+    region = total <= total.min() * (1 + quantile / (len(rows) - 6))
+    b = (h1[None, :] - h0[:, None]) / math.log(8 / 2)
+    b_ci = result.b_interval()
+    np.testing.assert_allclose([b_ci.low, b_ci.high], [b[region].min(), b[region].max()], atol=0.02)
+
+
+def test_a_and_the_predictions_follow_the_rule_when_the_narrowest_width_is_not_one():
+    """λ* = a·w^b: a is λ* at width 1, whichever widths were searched."""
+    widths = (2, 4, 8, 16)
+    result = fit(synthetic_rows(12, widths=widths, noise=1e-5, n=12), widths)
+    assert result.b == pytest.approx(B, abs=0.01) and result.a == pytest.approx(A, rel=0.03)
+    assert result.a_interval().to_list() == pytest.approx([A, A], rel=0.03)
+    for width in (4, 32):
+        assert result.predict(width)["lam"] == pytest.approx(A * width ** B, rel=0.05)
+        assert result.predict(width)["lam"] == pytest.approx(result.a * width ** result.b, rel=0.01)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import models
+from tuner.core import attacks
 from tuner.core.attacks import (apgd, ce_loss, checkpoint_schedule, dlr_loss, get_attack, list_attacks, margin,
                                 targeted_dlr_loss)
 from tuner.errors import ConfigError
@@ -116,3 +118,104 @@ def test_mode_restored_no_parameter_gradient_and_running_stats_untouched(undefen
     assert mode_after is training
     assert all(p.grad is None for p in undefended.parameters())
     assert all(torch.equal(v, undefended.state_dict()[k]) for k, v in stats.items())
+
+
+class Identity(torch.nn.Module):
+    """Logits = the input (one logit per pixel), recording every batch it is called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+        self.calls: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.calls.append(x.detach().clone())
+        return x
+
+
+def reference_apgd(start: np.ndarray, x: np.ndarray, centre: np.ndarray, *, epsilon: float, steps: int) -> list:
+    """The iterates of APGD (Croce & Hein 2020, Algorithm 1) for one example maximizing f(p) = −‖p − centre‖²,
+    written from the paper: first step 2ε without momentum, then momentum 0.75; at each checkpoint the step
+    halves if at most 75% of the period's steps raised f, or if it was not halved last time and the best f
+    did not improve, and the iterate then restarts from the best point."""
+    lower, upper = np.clip(x - epsilon, 0, 1), np.clip(x + epsilon, 0, 1)
+
+    def f(p):
+        return -np.sum((p - centre) ** 2)
+
+    def grad(p):
+        return -2 * (p - centre)
+
+    current = previous = best = start
+    value = best_value = best_at_check = f(start)
+    eta, rises, last, halved, iterates = 2 * epsilon, 0, 0, False, []
+    checkpoints = set(checkpoint_schedule(steps))
+    for k in range(1, steps + 1):
+        z = np.clip(current + eta * np.sign(grad(current)), lower, upper)
+        alpha = 1.0 if k == 1 else 0.75
+        new = np.clip(current + alpha * (z - current) + (1 - alpha) * (current - previous), lower, upper)
+        iterates.append(new)
+        rises += f(new) > value
+        previous, current, value = current, new, f(new)
+        if value > best_value:
+            best, best_value = new, value
+        if k in checkpoints:
+            halve = rises <= 0.75 * (k - last) or (not halved and best_value <= best_at_check)
+            if halve:
+                eta, current, previous, value = eta / 2, best, best, best_value
+            halved, best_at_check, last, rises = halve, best_value, k, 0
+    return iterates
+
+
+def test_apgd_iterates_as_the_published_algorithm_and_returns_its_lowest_margin_point():
+    """On logits = input and a concave loss peaking inside the ball, the sign steps overshoot, so the step halves
+    and restarts from the best point; no example is ever misclassified (class 0 leads by more than 2ε)."""
+    generator = torch.Generator().manual_seed(0)
+    n, d, steps = 6, 5, 20
+    x = torch.rand(n, d, generator=generator, dtype=torch.float64) * 0.4 + 0.2
+    x[:, 0] = 0.9
+    y = torch.zeros(n, dtype=torch.long)
+    centre = x + EPS * (torch.rand(n, d, generator=generator, dtype=torch.float64) * 1.6 - 0.8)
+    model = Identity()
+    torch.manual_seed(0)
+    best_x, found = apgd(model, x, y, loss=lambda logits, y, t: -((logits - centre) ** 2).sum(1), epsilon=EPS,
+                         steps=steps)
+    start, *iterates = model.calls
+    assert len(iterates) == steps
+    for i in range(n):
+        expected = reference_apgd(start[i].numpy(), x[i].numpy(), centre[i].numpy(), epsilon=EPS, steps=steps)
+        np.testing.assert_allclose(np.stack([p[i].numpy() for p in iterates]), np.stack(expected), atol=1e-6)
+    points = torch.stack(model.calls)  # (steps + 1, n, d): the start, then every iterate
+    margins = points[..., 0] - points[..., 1:].amax(-1)
+    lowest = margins.argmin(0)  # the first of equal lowest margins
+    torch.testing.assert_close(best_x, points[lowest, torch.arange(n)])
+    torch.testing.assert_close(found.double(), margins.amin(0), atol=1e-6, rtol=0)
+    assert len(set(lowest.tolist())) > 1, "the lowest-margin point is not the same iterate for every example"
+
+
+def test_random_start_is_on_the_boundary_of_the_eps_ball():
+    x = torch.full((200, 16), 0.5)
+    model = Identity()
+    torch.manual_seed(0)
+    apgd(model, x, torch.zeros(200, dtype=torch.long), loss=ce_loss, epsilon=EPS, steps=1)
+    offset = (model.calls[0] - x).abs()
+    torch.testing.assert_close(offset.amax(1), torch.full((200,), EPS))
+    assert 0.4 < offset.mean().item() / EPS < 0.6, "uniform directions, scaled to the boundary: not a corner"
+
+
+def test_targets_are_the_next_most_likely_classes_on_the_clean_input(undefended, batch, monkeypatch):
+    x, y = batch
+    seen = []
+    real = attacks.apgd
+
+    def spy(model, x, y, *, target, **options):
+        seen.append((y.clone(), target.clone()))
+        return real(model, x, y, target=target, **options)
+
+    monkeypatch.setattr(attacks, "apgd", spy)
+    with torch.no_grad():
+        logits = undefended(x)
+    torch.manual_seed(0)
+    get_attack("apgd-t")(undefended, x[:1].expand(4, -1, -1, -1), y[:1].expand(4), epsilon=1e-4, steps=1, targets=3)
+    ranked = [c for c in logits[0].argsort(descending=True).tolist() if c != y[0]]
+    assert [target[0].item() for _, target in seen] == ranked[:3], "the 2nd, 3rd and 4th most likely classes"

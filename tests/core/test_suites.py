@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tuner.core import attacks
 from tuner.core.attacks import get_attack
 from tuner.core.data import Split, batches
 from tuner.core.objectives import AttackSettings
@@ -99,3 +100,41 @@ def test_suite_is_at_least_as_strong_as_pgd20_on_a_trades_model(trades_quick, su
     result = evaluate_suite(model, batches(test, 512), suite=suite, epsilon=0.1, pgd=AttackSettings(0.1, 0.01, 20))
     assert result.robust_acc <= result.pgd_robust_acc <= result.natural_acc
     assert result.robust_acc > 0.5, "the TRADES model should keep most of its accuracy at ε = 0.1"
+
+
+class Logits(torch.nn.Module):
+    """The first three input columns are the logits; the last two only say which attack breaks the example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x[:, :3]
+
+
+def breaks_where(column: int):
+    """An attack that misclassifies exactly the examples with a 1 in `column`, and leaves the others as they are."""
+
+    def attack(model, x, y, *, epsilon):
+        x_adv = x.clone()
+        hit = x[:, column] == 1
+        x_adv[hit, :3] = 0.0
+        x_adv[hit, (y[hit] + 1) % 3] = 1.0
+        return x_adv
+
+    return attack
+
+
+def test_each_attack_breaks_only_survivors_and_robust_is_the_worst_case_on_hand_made_examples(monkeypatch):
+    """Every combination of clean-correct, broken by the first attack, broken by the second: counted by hand."""
+    monkeypatch.setitem(attacks.ATTACKS._entries, "breaks-a", breaks_where(3))
+    monkeypatch.setitem(attacks.ATTACKS._entries, "breaks-b", breaks_where(4))
+    suite = Suite("hand", (SuiteAttack("breaks-a"), SuiteAttack("breaks-b")), "")
+    cases = [(clean, a, b) for clean in (1, 0) for a in (0, 1) for b in (0, 1)]
+    y = torch.zeros(len(cases), dtype=torch.long)
+    x = torch.tensor([[1.0 if clean else 0.0, 0.0 if clean else 1.0, 0.0, a, b] for clean, a, b in cases])
+    result = evaluate_suite(Logits(), [(x, y)], suite=suite, epsilon=0.1)
+    assert (result.examples, result.natural_correct) == (8, 4)
+    assert result.broken == {"breaks-a": 2, "breaks-b": 1}, "b breaks only what a left: clean, not a, b"
+    assert result.robust_correct == 1, "only the clean-correct example that neither attack breaks"

@@ -167,7 +167,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss: ApgdLoss, 
         logits = model(point)
         value = loss(logits, y, target)
         (grad,) = torch.autograd.grad(value.sum(), point)
-        return value.detach(), grad, margin(logits.detach(), y)
+        return value.detach(), grad, margin(logits.detach(), y).float()  # the margins kept are float32, whatever the logits
 
     with eval_mode(model), torch.enable_grad():
         value, grad, point_margin = evaluate(start, y, target)
