@@ -261,7 +261,7 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     initial_lams = parse_lams(values.get("initial_lams") or [])
     plan = SearchPlan(
         name=name, run_dir=Path(out).resolve() / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
-        lam_high=high, trials=int(values["trials"]), seeds=int(values.get("seeds") or 1),
+        lam_high=high, trials=int(values["trials"]), seeds=1 if values.get("seeds") is None else int(values["seeds"]),
         # the preset's start-up count, at most --trials, and at least the --lam-start values
         startup=max(min(int(values.get("startup") or math.ceil(int(values["trials"]) / 2)), int(values["trials"])),
                     len(initial_lams)),

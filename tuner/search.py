@@ -21,7 +21,7 @@ import torch
 from tuner import cli, fit
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
-from tuner.core.training import prepare
+from tuner.core.training import check_fits, prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
@@ -195,7 +195,8 @@ def make_plan(args: Any) -> SearchPlan:
     name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10_000:04d}"
     plan = build_plan(preset, name=name, out=args.out,
                       search_overrides=search_overrides, trial_overrides=trial_overrides(args))
-    prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
+    prepared = prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
+    check_fits(plan.trial.replace(width=max(plan.widths)), prepared.data, prepared.device)
     return plan
 
 
