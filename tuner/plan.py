@@ -144,10 +144,12 @@ class SearchPlan:
         cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
         seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
         design = ("paired " if self.paired else "") + plural(self.startup, "start-up value")
+        stopping = (f"ASHA grace {self.grace_period} reduction {self.reduction_factor}"
+                    if self.grace_period < self.trial.epochs else "no early stopping")
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
                  f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {design}, "
                  f"then {self.sampler}), {self.trial.method}, {plural(self.trial.epochs, 'epoch')}, "
-                 f"ASHA grace {self.grace_period} reduction {self.reduction_factor}{cap}"]
+                 f"{stopping}{cap}"]
         lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
         return "\n".join(lines)
 
