@@ -85,6 +85,10 @@ def test_ctrl_c_stops_the_whole_search_then_resume_finishes_it(tmp_path):
         driver.wait_for(TRIAL_LINE)
         # a local search listens on loopback only, every Ray service included
         assert listening_outside_loopback(driver.proc.pid) == []
+        # its trial workers run at the driver's priority, not Ray's nice 15
+        workers = [p for p in psutil.Process(driver.proc.pid).children(recursive=True)
+                   if p.name().startswith("ray::") and "Agent" not in p.name()]
+        assert workers and {p.nice() for p in workers} == {0}
         driver.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
         code, stdout, stderr = driver.finish(timeout=180)
     finally:

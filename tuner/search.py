@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         # Ray's own switch for a machine-local cluster (its default on macOS and Windows): every Ray
         # service binds to 127.0.0.1. Read when Ray is imported, so it is set before.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Trial workers at the driver's priority: Ray starts them at nice 15 by default, so on a laptop
+        # or a shared node any other busy process starved the trials (a search slowed about 9×).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
     from tuner.orchestration.trials import TrialConfigError, run_search
 
