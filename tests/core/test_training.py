@@ -184,3 +184,14 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out(finis
     message = str(error.value)
     assert str(last) in message and f"delete {last.parent}" in message and "\n" not in message
     assert "weights_only" not in message and "unsafe" not in message.lower()
+
+
+def test_a_long_epoch_says_where_it_is(quick, monkeypatch):
+    """With the interval at 0 s every batch is reported: the counts climb to the training split's size."""
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    prepared = on_few_examples(prepare(quick), n=256)
+    lines = []
+    optimizer, _ = training.make_optimizer(prepared.model, quick)
+    training.train_one_epoch(prepared.model, optimizer, prepared, epoch=1, log=lines.append)
+    assert lines[0].startswith(f"epoch 1/{quick.epochs}: 64 of 256 training examples")
+    assert lines[-1].startswith(f"epoch 1/{quick.epochs}: 256 of 256 training examples") and len(lines) == 4

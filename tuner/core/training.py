@@ -44,6 +44,7 @@ CHECKPOINT_DIR = "checkpoint"
 LAST = "last.pt"  # everything needed to resume
 BEST = "best.pt"  # the model state of the selected epoch
 METRICS = "metrics.json"
+PROGRESS_SECONDS = 60.0  # a long epoch says where it is at most this often
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,15 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return seed * 1_000_003 + epoch + 10_007 * rank
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: Prepared, epoch: int) -> dict[str, float]:
-    """One pass over the training split (this worker's shard); returns the epoch means of the loss terms."""
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: Prepared, epoch: int, *,
+                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """One pass over the training split (this worker's shard); returns the epoch means of the loss terms.
+
+    `log` hears where a long epoch is, at most every PROGRESS_SECONDS (a paper-scale epoch takes minutes).
+    """
     config, device, workers = prepared.config, prepared.device, prepared.workers
+    started = reported = time.perf_counter()
+    seen = 0
     objective = get_objective(config.method)
     attack = train_attack(config)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # the same shuffle on every worker
@@ -148,6 +155,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared
         value.loss.backward()
         optimizer.step()
         sums += torch.stack([torch.ones((), device=device), value.natural_loss, value.regularizer]).double() * len(y)
+        seen += len(y) * workers.world_size
+        if log and time.perf_counter() - reported >= PROGRESS_SECONDS:
+            reported = time.perf_counter()
+            log(f"epoch {epoch}/{config.epochs}: {seen:,} of {len(prepared.data.train):,} training examples, "
+                f"{reported - started:.0f}s")
     n, natural, regularizer = distributed.all_sum(sums).tolist()
     if not math.isfinite(natural + regularizer):
         raise FloatingPointError(f"training diverged at epoch {epoch} (loss {natural + regularizer}) with "
@@ -217,7 +229,7 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         record: dict[str, float] = {"epoch": epoch, "lr": lr}
-        record.update(train_one_epoch(trained, optimizer, prepared, epoch))
+        record.update(train_one_epoch(trained, optimizer, prepared, epoch, log=log))
         scheduler.step()
         record.update(Evaluation.from_counts(count_split(prepared, epoch_val)).as_dict("val"))
         record["epoch_seconds"] = time.perf_counter() - started
