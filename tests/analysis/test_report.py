@@ -86,8 +86,9 @@ def test_the_report_of_merged_runs_embeds_every_figure_and_says_how_to_open_the_
         assert f"{entry['n_used']}/{entry['n_completed']}/{entry['n_early_stopped']}/{entry['n_failed']}" in page.cells
     assert "recommended λ for width 20" in text
     for command in (f"optuna-dashboard {first / 'optuna.journal'}", "mlflow ui --backend-store-uri sqlite:///mlflow.db",
-                    "http://127.0.0.1:5000/#/experiments/7/runs",
-                    "http://127.0.0.1:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22%5D&experiments=%5B%227%22%5D",
+                    "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning",
+                    "http://127.0.0.1:5000/#/compare-runs?runs=%5B%22r1%22%2C%22r2%22%5D&experiments=%5B%227%22%5D"
+                    "&workflowType=machine_learning",
                     "python -m tuner.search --widths 1,4,10 --name second", f"python -m tuner.fit {first} {second}"):
         assert command in text, command
 

@@ -53,7 +53,8 @@ SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databrick
 PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
 BACKOFF = (1, 2, 4, 8, 16, 30, 60)
-UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default  # seconds between attempts while the search runs
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+TRAINING_UI = "workflowType=machine_learning"  # MLflow 3's UI: the "Model training" side, not GenAI  # seconds between attempts while the search runs
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -77,14 +78,16 @@ def ui_address(uri: str) -> str:
 def views_of(uri: str, experiment_id: str, trial_runs: list[str]) -> dict[str, str]:
     """The experiment's run table (runs nested under the search run), and the trials side by side, flat.
 
-    MLflow 3's UI may open on its GenAI pages; these addresses open the training views directly. The
+    MLflow 3's UI opens on its GenAI pages unless the browser chose "Model training" before (the
+    experiment's kind tag does not override that choice); `workflowType` in the address does. The
     comparison page lists the given runs flat, with a parallel-coordinates plot and scatter plots.
     """
     ui = ui_address(uri)
     runs, experiments = (quote(json.dumps(ids, separators=(",", ":")), safe="")
                          for ids in (trial_runs, [experiment_id]))
-    return {"experiment_id": experiment_id, "runs_url": f"{ui}/#/experiments/{experiment_id}/runs",
-            "trials_url": f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}"}
+    return {"experiment_id": experiment_id,
+            "runs_url": f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_UI}",
+            "trials_url": f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_UI}"}
 
 
 def is_local(uri: str) -> bool:
