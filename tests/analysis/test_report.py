@@ -5,46 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.analysis.synthetic import synthetic_rows, write_trials
+from tests.helpers import Page
 from tuner import fit
 from tuner.outputs.results import EVALUATION_SCHEMA, best_trial
 from tuner.outputs.tracking import views_of
 
 WIDTHS = (1, 4, 10)
-
-
-class Page(HTMLParser):
-    """The text, the tables' cells and the images of a page."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text, self.cells, self.images, self.stack = [], [], [], []
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        if tag not in ("img", "meta", "br"):
-            self.stack.append(tag)
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_endtag(self, tag):
-        assert self.stack.pop() == tag, f"</{tag}> closes another element"
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self.stack and self.stack[-1] in ("td", "th"):
-            self.cells.append(data)
-
-    @property
-    def all_text(self) -> str:
-        return "".join(self.text)
 
 
 def search_dir(path: Path, rows: list[dict], *, name: str) -> Path:

@@ -6,12 +6,12 @@ import json
 import re
 import urllib.parse
 import urllib.request
-from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import mlflow_server, run_command
+from tests.helpers import Page, mlflow_server, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -100,24 +100,12 @@ def test_the_experiment_opens_on_training_runs_and_one_url_shows_the_trials_flat
     assert sorted(json.loads(params["runs"][0])) == sorted(t.info.run_id for t in by_kind(runs, "trial"))
 
 
-class Images(HTMLParser):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.sources: list[str] = []
-        self.feed(text)
-        self.close()
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.sources.append(dict(attrs)["src"])
-
-
 def test_report_html_is_the_search_runs_artifact_with_every_figure_embedded(tracked, tmp_path):
     client, _, runs, run_dir, result = tracked
     (search,) = by_kind(runs, "search")
-    text = (tmp_path / client.download_artifacts(search.info.run_id, "report.html", str(tmp_path))).read_text()
+    text = Path(client.download_artifacts(search.info.run_id, "report.html", str(tmp_path))).read_text()
     assert text == (run_dir / "report.html").read_text() and f"report:  {run_dir / 'report.html'}" in result.stdout
-    sources = Images(text).sources
+    sources = Page(text).images
     assert len(sources) == 3 + 2, "the fit's three figures and one per width"
     assert all(re.fullmatch(r"data:image/png;base64,[A-Za-z0-9+/=]{1000,}", s) for s in sources)
     scaling = json.loads((run_dir / "scaling.json").read_text())

@@ -50,8 +50,7 @@ def pixel_size(name: str) -> tuple[int, int]:
 
 def write_plots(scaling: Scaling, out_dir: Path) -> dict[str, Path]:
     """Every figure in out_dir, as PNG and SVG; returns file name → path."""
-    fit = scaling.fit
-    colours = width_colours(list(fit.data.width_values))
+    colours = width_colours(scaling.trials.widths)  # every width searched: the same colours as write_width_plots
     drawers: dict[str, Callable[[Figure], None]] = {
         "lambda_vs_width": lambda fig: draw_lambda_vs_width(fig, scaling, colours),
         "tradeoff_vs_lambda": lambda fig: draw_tradeoff(fig, scaling, colours),
