@@ -43,7 +43,7 @@ def search_run(tmp_path_factory):
     """2 widths × 3 trials × 2 epochs; ASHA made harsh (grace 1, keep the top quarter) to stop trials."""
     tmp = tmp_path_factory.mktemp("search")
     preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
-    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--seeds", "1", "--epochs", "2",
                          "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
                          cwd=tmp)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -154,7 +154,7 @@ def wait_for_url(url: str, proc: subprocess.Popen, timeout: float = 60) -> bytes
 
 def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
     preset = write_preset(tmp_path / "p.yaml", max_retries=1, concurrency=1)
-    result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--epochs", "1",
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--seeds", "1", "--epochs", "1",
                          "--lam-range", "1,1e7", "--lam-start", "1,1e6", "--out", "runs", "--name", "err",
                          cwd=tmp_path)  # a relative --out, as in the demo
     assert result.returncode == 0, result.stdout + result.stderr

@@ -49,6 +49,7 @@ class FitReport:
         if s["advice"]:
             lines.append(f"  {s['advice']}")
         lines.append(f"  what the data show: {s['what_the_data_show']}")
+        lines.append(f"  regime: {s['regime']['words']}")
         lines.append(f"  {'width':>5} {'λ*':>7} {'95% interval':>20} {'rule λ*':>8} {'near-optimal λ':>15} "
                      f"{'val robust':>10}  used/completed/stopped/failed")
         for o in s["per_width"]:

@@ -52,6 +52,7 @@ def test_the_report_of_merged_runs_embeds_every_figure_and_says_how_to_open_the_
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG"), "embedded, not linked"
     text = page.all_text
     assert fitted.scaling["conclusion"] in text and fitted.scaling["what_the_data_show"] in text
+    assert fitted.scaling["regime"]["words"] in text
     assert "plan of first" in text and "plan of second" in text
     assert "0.432 (aa-lite)" in page.cells, "strong robust accuracy of width 4's best trial"
     for entry in fitted.scaling["per_width"]:

@@ -158,3 +158,29 @@ def test_evaluate_split_evaluates_the_named_split(quick, split_name):
         expected = (prepared.model.eval()(split.images).argmax(1) == split.labels).double().mean().item()
     assert evaluation.examples == len(split)
     assert evaluation.natural_acc == pytest.approx(expected)
+
+
+class UnsafeObject:
+    """Something weights_only loading refuses: torch's error then suggests loading unsafely, which we must not."""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "unsafe pickle", "another width"])
+def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out(finished, quick, tmp_path, damage):
+    work, _ = finished
+    last = tmp_path / CHECKPOINT_DIR / LAST
+    last.parent.mkdir()
+    good = (work / CHECKPOINT_DIR / LAST).read_bytes()
+    if damage == "truncated":
+        last.write_bytes(good[:len(good) // 2])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    elif damage == "unsafe pickle":
+        torch.save({"model": UnsafeObject()}, last)
+    else:
+        last.write_bytes(good)
+        quick = quick.replace(width=3)
+    with pytest.raises(training.UnreadableCheckpoint) as error:
+        run_trial(prepare(quick), work_dir=tmp_path, log=None)
+    message = str(error.value)
+    assert str(last) in message and f"delete {last.parent}" in message and "\n" not in message
+    assert "weights_only" not in message and "unsafe" not in message.lower()

@@ -30,7 +30,8 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracked(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracked")
-    result = run_command("tuner.search", "--widths", "1,2", "--trials", str(TRIALS), "--epochs", str(EPOCHS),
+    result = run_command("tuner.search", "--widths", "1,2", "--trials", str(TRIALS), "--seeds", "1",
+                         "--epochs", str(EPOCHS),
                          "--tracking-uri", server, "--out", "runs", "--name", "tracked", cwd=tmp)
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(server)

@@ -107,6 +107,7 @@ def fit_section(scaling: dict[str, Any] | None, not_fitted: str | None) -> str:
     if scaling["advice"]:
         parts.append(f"<p>{esc(scaling['advice'])}</p>")
     parts += [f"<p>What the data show: {esc(scaling['what_the_data_show'])}.</p>",
+              f"<p>Regime: {esc(scaling['regime']['words'])}.</p>",
               table(FIT_HEADER, [width_cells(entry) for entry in scaling["per_width"]]),
               f"<p>Near-optimal λ: fitted validation robust accuracy within one seed-noise sd "
               f"({number(scaling['seed_noise_sd'], 2)}, from {esc(scaling['seed_noise_source'])}) of the width's "

@@ -49,6 +49,7 @@ TRIAL_SCHEMA = pa.schema([
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("checkpoint", pa.string()),  # the trial's last checkpoint (a path or URI); its best.pt is the selected epoch
     ("error", pa.string()),
+    ("note", pa.string()),  # e.g. "restarted from scratch: checkpoint … was unreadable"
 ])
 
 EPOCH_SCHEMA = pa.schema([

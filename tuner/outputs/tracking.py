@@ -398,7 +398,7 @@ class Tracker:
             metrics=[Metric(k, float(v), now, 0) for k, v in final.items() if v is not None],
             tags=[RunTag("status", row["status"]), RunTag("node", str(row.get("node"))),
                   RunTag("node_ip", str(row.get("node_ip"))),
-                  *([RunTag("error", row["error"][:4000])] if row.get("error") else [])],
+                  *(RunTag(key, row[key][:4000]) for key in ("error", "note") if row.get(key))],
         )
         self.client.set_terminated(run_id, RunStatus.to_string(FINAL_STATUS[row["status"]]))
 
