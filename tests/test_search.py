@@ -18,7 +18,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import BIN, assert_usage_error, free_port, run_command
+from tests.helpers import BIN, Page, assert_usage_error, free_port, run_command
 from tuner.presets import load_preset
 from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 
@@ -103,6 +103,18 @@ def test_output_is_a_line_per_trial_periodic_status_the_dashboard_url_and_a_summ
     assert re.search(r"^ray dashboard: http://127\.0\.0\.1:\d+$", result.stdout, re.MULTILINE)
     assert "completed/early-stopped/failed" in result.stdout
     assert result.stderr.strip() == "", "library noise on stderr"
+
+
+def test_without_a_fit_report_html_says_why_and_shows_each_widths_trials(search_run):
+    """Three λ per width are too few trials for the scaling fit (two widths need 7 coefficients): the report says
+    so, and still embeds each width's trials."""
+    run_dir, result = search_run
+    page = Page((run_dir / "report.html").read_text())
+    assert not (run_dir / "scaling.json").exists() and "scaling rule: not fitted" in result.stdout
+    assert "Not fitted: " in page.all_text and "optuna-dashboard" in page.all_text
+    assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert f"report:  {run_dir / 'report.html'}" in result.stdout
+    assert all((run_dir / f"robust_vs_lambda_w{width}.png").is_file() for width in (1, 2))
 
 
 def test_optuna_dashboard_serves_the_studies_with_their_metric_epochs_and_links(search_run):

@@ -71,6 +71,35 @@ def sig(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else float(f"{x:.{digits}g}")
 
 
+def conclusion_with_a(content: dict[str, Any]) -> str:
+    """scaling.json's conclusion, with a and its interval where a is bounded on some side."""
+    if content["a_ci"] == [None, None]:
+        return content["conclusion"]
+    return f"{content['conclusion']}; a = {number(content['a'])} {interval_text(Interval(*content['a_ci']))}"
+
+
+def width_cells(entry: dict[str, Any]) -> list[str]:
+    """A scaling.json per_width entry for a table: width, λ*, its interval, the rule's λ*, the near-optimal band,
+    robust accuracy at λ*, and used/completed/stopped/failed trial counts."""
+    band = entry["near_optimal_band"]
+    return [str(entry["width"]), "no peak" if entry["lam_star"] is None else number(entry["lam_star"]),
+            interval_text(Interval(*entry["lam_star_ci"])), "-" if entry["rule_lam"] is None else number(entry["rule_lam"]),
+            f"{number(band[0])}–{number(band[1])}",
+            "-" if entry["robust_acc_at_star"] is None else f"{entry['robust_acc_at_star']:.3f}",
+            f"{entry['n_used']}/{entry['n_completed']}/{entry['n_early_stopped']}/{entry['n_failed']}"]
+
+
+def prediction_text(prediction: dict[str, Any]) -> str:
+    """A scaling.json prediction in words."""
+    width = prediction["width"]
+    if prediction["lam"] is None:
+        return (f"recommended λ for width {width}: none: the trials do not locate λ* (its interval is unbounded both "
+                f"ways); any λ in the widths' near-optimal bands is as good as they tell")
+    extrapolated = ", extrapolated" if prediction["extrapolated"] else ""
+    return (f"recommended λ for width {width}: {number(prediction['lam'])} "
+            f"{interval_text(Interval(*prediction['lam_ci']))} ({prediction['form'].replace('_', ' ')}{extrapolated})")
+
+
 # --------------------------------------------------------------------------- the fit and its words
 
 

@@ -100,6 +100,14 @@ def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_robust_acc"], default=None)
 
 
+def best_on_test(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], width: int) -> dict[str, Any] | None:
+    """The strong evaluation on test of a width's best trial, if there is one."""
+    best = best_trial([r for r in rows if r["width"] == width])
+    if best is None:
+        return None
+    return next((e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
+
+
 def _read(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist() if path.exists() else []
 
