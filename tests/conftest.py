@@ -63,8 +63,8 @@ def search_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("search")
     preset = write_preset(tmp / "harsh.yaml", grace_period=1, reduction_factor=4, concurrency=1)
-    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--epochs", "2",
-                         "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1,2", "--trials", "3", "--seeds", "1",
+                         "--epochs", "2", "--lam-range", "0.5,20", "--progress-every", "1", "--out", str(tmp / "runs"), "--name", "it",
                          cwd=tmp)
     assert result.returncode == 0, result.stdout + result.stderr
     return tmp / "runs" / "it", result

@@ -1,4 +1,5 @@
-"""Running the project's commands as a user does (a subprocess of the installed interpreter), and the services they talk to."""
+"""Running the project's commands as a user does (a subprocess of the installed interpreter), the services they
+talk to, and reading the pages they write."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: mlflow, ray
@@ -136,3 +138,35 @@ class Driver:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=60)
+
+
+class Page(HTMLParser):
+    """An HTML page as html.parser reads it: its text, its table cells and its images' sources; a closing tag that
+    does not close the open element fails."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.cells: list[str] = []
+        self.images: list[str] = []
+        self.stack: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_endtag(self, tag):
+        assert self.stack.pop() == tag, f"</{tag}> closes another element"
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.stack and self.stack[-1] in ("td", "th"):
+            self.cells.append(data)
+
+    @property
+    def all_text(self) -> str:
+        return "".join(self.text)

@@ -3,19 +3,23 @@ written (no run directory, no mlflow.db, no Ray started). A new case is one line
 
 from __future__ import annotations
 
+import importlib
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import yaml
 
 from tests.helpers import assert_usage_error, free_port, run_command
+from tuner import cli
+from tuner.core import training as train
 from tuner.outputs.results import TRIAL_SCHEMA
 from tuner.presets import load_preset
-
-pytestmark = pytest.mark.slow
 
 QUICK = load_preset("quick")
 
@@ -36,8 +40,7 @@ def fake_run(run_dir: Path, rows: list[dict]) -> None:
 def checkpoint_of_width_2(tmp_path_factory) -> Path:
     """A real checkpoint directory of a width-2 quick model (1 epoch)."""
     out = tmp_path_factory.mktemp("w2") / "trial"
-    result = run_command("tuner.train", "--width", "2", "--lam", "1", "--epochs", "1", "--out", str(out), cwd=out.parent)
-    assert result.returncode == 0, result.stderr
+    train.run_trial(train.prepare(QUICK.trial_config(width=2, lam=1.0, epochs=1)), work_dir=out, log=None)
     return out / "checkpoint"
 
 
@@ -48,6 +51,9 @@ def workdir(tmp_path, checkpoint_of_width_2) -> Path:
     preset_file(tmp_path / "search-typo.yaml", search={"trails": 6})
     preset_file(tmp_path / "bad-suite.yaml", search={"evaluation": {"suite": "strongest"}})
     (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "damaged" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "damaged" / "checkpoint" / "last.pt").write_bytes((checkpoint_of_width_2 / "last.pt").read_bytes()[:999])
+    shutil.copytree(checkpoint_of_width_2, tmp_path / "width-2" / "checkpoint")
     row = {"trial_id": "t1", "width": 1, "lam": 1.0, "seed": 0, "replicate": 0, "status": "completed",
            "val_robust_acc": 0.5, "val_natural_acc": 0.8, "val_stability": 0.6, "method": "trades"}
     fake_run(tmp_path / "runs" / "nockpt", [row])
@@ -73,15 +79,15 @@ CASES = [
     ("tuner.search", ["--widths", "1", "--preset", "epochs-ten.yaml"], "epochs must be a whole number"),
     ("tuner.search", ["--widths", "1", "--preset", "bad-suite.yaml"], "unknown attack suite 'strongest'"),
     ("tuner.search", ["--widths", "1", "--address", "127.0.0.1:1"], "no Ray cluster answers at --address 127.0.0.1:1"),
-    ("tuner.search", ["--widths", "1", "--resume"], "nothing to resume"),
+    ("tuner.search", ["--widths", "1", "--resume", "--out", "elsewhere"], "nothing to resume"),
     ("tuner.search", ["--widths", "1", "--cpus-per-trial", "100000"], "needs 100000 CPU and 0 GPU but this machine has"),
     ("tuner.search", ["--widths", "1", "--workers-per-trial", "3"], "--batch-size divisible by --workers-per-trial"),
     ("tuner.search", ["--widths", "1", "--name", ""], "--name must not be empty"),
     ("tuner.search", ["--widths", "1", "--tracking-uri", "bogus://x"], "has no supported scheme"),
     ("tuner.search", ["--widths", "1", "--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow tracking server answers"),
-    ("tuner.search", ["--widths", "1", "--device", "cuda"], "--device cuda"),
-    ("tuner.search", ["--widths", "1", "--device", "cuda:7"], "--device cuda:7"),
-    ("tuner.search", ["--widths", "1", "--device", "tpu"], "--device tpu"),
+    ("tuner.search", ["--widths", "1", "--device", "cuda"], "device cuda is not available"),
+    ("tuner.search", ["--widths", "1", "--device", "cuda:7"], "device cuda:7 is not available"),
+    ("tuner.search", ["--widths", "1", "--device", "tpu"], "unknown device 'tpu'"),
     # python -m tuner.train
     ("tuner.train", ["--width", "0", "--lam", "6"], "width must be a positive integer"),
     ("tuner.train", ["--width", "1", "--lam", "-1"], "lam must be"),
@@ -95,7 +101,9 @@ CASES = [
     ("tuner.train", ["--width", "x", "--lam", "6"], "invalid int value"),
     ("tuner.train", ["--lam", "6"], "--width"),
     ("tuner.train", ["--width", "1", "--lam", "6", "--out", "a-file"], "--out a-file is a file"),
-    ("tuner.train", ["--width", "1", "--lam", "6", "--device", "tpu"], "--device tpu"),
+    ("tuner.train", ["--width", "1", "--lam", "6", "--device", "tpu"], "unknown device 'tpu'"),
+    ("tuner.train", ["--width", "1", "--lam", "6", "--out", "damaged"], "damaged/checkpoint/last.pt cannot be used (truncated"),
+    ("tuner.train", ["--width", "1", "--lam", "6", "--out", "width-2"], "cannot be used (it holds another model than cnn width 1)"),
     # python -m tuner.evaluate
     ("tuner.evaluate", ["runs/nockpt", "--suite", "strongest"], "unknown attack suite 'strongest'"),
     ("tuner.evaluate", ["a-file"], "is not the run directory of a search"),
@@ -106,12 +114,36 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("command, args, fragment", CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(workdir, command, args, fragment):
-    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+def run_in_process(command: str, args: list[str], *, cwd: Path, monkeypatch, capfd) -> subprocess.CompletedProcess:
+    """`python -m command args` in this process (a subprocess per case would spend minutes importing torch and Ray)."""
+    main = importlib.import_module(command).main
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.run(main, args)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess([command, *args], exited.value.code, out, err)
+
+
+def command_line(command: str, args: list[str]) -> list[str]:
     args = [a.replace("{port}", str(free_port())) for a in args]
-    out = ["--out", "runs"] if command == "tuner.search" else ["--epochs", "1"] if command == "tuner.train" else []
-    result = run_command(command, *args, *out, cwd=workdir)
+    if command == "tuner.search" and "--out" not in args:
+        return [*args, "--out", "runs"]
+    return [*args, "--epochs", "1"] if command == "tuner.train" else args
+
+
+@pytest.mark.parametrize("command, args, fragment", CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(workdir, command, args, fragment, monkeypatch, capfd):
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    result = run_in_process(command, command_line(command, args), cwd=workdir, monkeypatch=monkeypatch, capfd=capfd)
     assert_usage_error(result, fragment)
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before, "something was written"
-    assert "ray: " not in result.stdout, "Ray was started"
+    assert not ray.is_initialized(), "Ray was started"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [CASES[0], CASES[-1]], ids=lambda c: c[0])
+def test_a_real_process_prints_the_same_one_line(workdir, case):
+    """As a user runs it: nothing else reaches stderr (import warnings, library noise) before the error line."""
+    command, args, fragment = case
+    assert_usage_error(run_command(command, *command_line(command, args), cwd=workdir), fragment)

@@ -80,7 +80,7 @@ def test_ray_job_submit_runs_the_search_on_both_nodes(cluster, server, tmp_path)
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
          "--runtime-env", str(REPO / "docker" / "runtime-env.yaml"), "--",
-         "python", "-m", "tuner.search", "--widths", "1,2", "--trials", "2", "--epochs", "1", "--concurrency", "2",
+         "python", "-m", "tuner.search", "--widths", "1,2", "--trials", "2", "--seeds", "1", "--epochs", "1", "--concurrency", "2",
          "--out", str(out), "--name", "job", "--storage", str(storage), "--tracking-uri", server],
         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
     assert submit.returncode == 0 and "succeeded" in submit.stdout, submit.stdout[-3000:] + submit.stderr[-3000:]
@@ -121,7 +121,7 @@ def test_trials_are_packed_by_the_presets_gpu_fractions(cluster, tmp_path):
     (tmp_path / "gpus.yaml").write_text(yaml.safe_dump(
         {"trial": quick.trial, "search": {**quick.search, "resources": resources, "concurrency": None}}))
     result = run_command("tuner.search", "--preset", str(tmp_path / "gpus.yaml"), "--address", cluster.address,
-                         "--widths", "1,2", "--trials", "4", "--epochs", "4", "--out", "runs", "--name", "gpus",
+                         "--widths", "1,2", "--trials", "4", "--seeds", "1", "--epochs", "4", "--out", "runs", "--name", "gpus",
                          cwd=tmp_path, env=cluster.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ray: 2 node(s), 2 CPU, 2 GPU" in result.stdout

@@ -31,7 +31,7 @@ def registered_checkpoint(train_runs) -> bool:
 
 def test_a_two_worker_trial_resumes_from_its_checkpoint_after_the_driver_is_killed(tmp_path):
     out = tmp_path / "runs"
-    args = ["--widths", "1", "--trials", "1", "--epochs", str(EPOCHS), "--workers-per-trial", "2",
+    args = ["--widths", "1", "--trials", "1", "--seeds", "1", "--epochs", str(EPOCHS), "--workers-per-trial", "2",
             "--cpus-per-trial", "2", "--out", str(out), "--name", "dp"]
     driver = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -37,7 +37,10 @@ def test_fit_runs_pools_run_dirs_and_writes_scaling_json_and_figures(tmp_path):
     assert sum(o["n_early_stopped"] for o in scaling["per_width"]) == sum(r["status"] == "early_stopped" for r in rows)
     assert [p["width"] for p in scaling["predictions"]] == [15, 20]
     assert set(report.files) == {"scaling.json", *plots.file_names()}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(report.files), "temporary file left"
+    assert {w: sorted(f) for w, f in report.width_files.items()} == {w: plots.width_file_names(w) for w in WIDTHS}
+    width_files = [name for files in report.width_files.values() for name in files]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*report.files, *width_files]), \
+        "temporary file left"
     for name, path in report.files.items():
         if name.endswith(".png"):
             image = imread(path)
@@ -60,6 +63,7 @@ def test_command_prints_the_conclusion_and_the_recommendations(tmp_path):
     assert "λ* grows with width: b = " in result.stdout and "what the data show:" in result.stdout
     assert "recommended λ for width 20" in result.stdout
     assert (run / "scaling.json").is_file() and (run / "lambda_vs_width.svg").is_file()
+    assert f"report: {run / 'report.html'}" in result.stdout and "λ* grows with width" in (run / "report.html").read_text()
 
 
 def test_the_search_can_still_pass_a_seed():

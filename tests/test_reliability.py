@@ -28,7 +28,7 @@ from tests.helpers import BIN, Driver, free_port, run_command
 from tuner.presets import load_preset
 
 pytestmark = pytest.mark.slow
-SMALL = ["--widths", "1,2", "--trials", "2", "--epochs", "2"]
+SMALL = ["--widths", "1,2", "--trials", "2", "--seeds", "1", "--epochs", "2"]
 TRIAL_LINE = r"^  w\d+ \[\d+/\d+\]"
 STATE = {"completed": "COMPLETE", "early_stopped": "PRUNED", "error": "FAIL"}
 
@@ -85,6 +85,10 @@ def test_ctrl_c_stops_the_whole_search_then_resume_finishes_it(tmp_path):
         driver.wait_for(TRIAL_LINE)
         # a local search listens on loopback only, every Ray service included
         assert listening_outside_loopback(driver.proc.pid) == []
+        # its trial workers run at the driver's priority, not Ray's nice 15
+        workers = [p for p in psutil.Process(driver.proc.pid).children(recursive=True)
+                   if p.name().startswith("ray::") and "Agent" not in p.name()]
+        assert workers and {p.nice() for p in workers} == {0}
         driver.signal_group(signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
         code, stdout, stderr = driver.finish(timeout=180)
     finally:
@@ -106,7 +110,7 @@ def test_ctrl_c_stops_the_whole_search_then_resume_finishes_it(tmp_path):
 def test_a_search_killed_at_every_stage_and_resumed_each_time_ends_consistent(tmp_path):
     """SIGKILL while Ray starts, mid-trial, right after a trial finished, and during the final fit."""
     out, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = ["--widths", "1,2", "--trials", "2", "--epochs", "3", "--out", str(out), "--name", "rk"]
+    first = ["--widths", "1,2", "--trials", "2", "--seeds", "1", "--epochs", "3", "--out", str(out), "--name", "rk"]
     resume = ["--resume", "--out", str(out), "--name", "rk"]
     for args, stage, delay in [(first, r"^search rk:", 0.0),  # the plan is printed: Ray is starting
                                (resume, r"^ray: ", 3.0),  # trials started, none finished yet
@@ -142,7 +146,7 @@ def test_bad_input_found_inside_every_trial_stops_the_search_in_one_line_without
     (tmp_path / "folder.yaml").write_text(yaml.safe_dump(
         {"trial": {**quick.trial, "dataset": "cifar10", "augment": False},
          "search": {**quick.search, "max_retries": 3}}))
-    driver = Driver(["--preset", "folder.yaml", "--widths", "1", "--trials", "2", "--epochs", "1",
+    driver = Driver(["--preset", "folder.yaml", "--widths", "1", "--trials", "2", "--seeds", "1", "--epochs", "1",
                      "--data-dir", "data", "--out", "runs", "--name", "cfg"], cwd=tmp_path)
     try:
         driver.wait_for(r"^search cfg:")  # the driver has read the data; its trials have not started
@@ -165,7 +169,7 @@ def test_a_search_where_no_trial_completes_exits_1_with_the_first_error(tmp_path
     quick = load_preset("quick")
     (tmp_path / "noretry.yaml").write_text(yaml.safe_dump({"trial": quick.trial,
                                                           "search": {**quick.search, "max_retries": 0}}))
-    result = run_command("tuner.search", "--preset", "noretry.yaml", "--widths", "1", "--trials", "2", "--epochs", "1",
+    result = run_command("tuner.search", "--preset", "noretry.yaml", "--widths", "1", "--trials", "2", "--seeds", "1", "--epochs", "1",
                          "--lam-range", "1e5,1e6", "--out", "runs", "--name", "nan", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -178,7 +182,7 @@ def test_a_search_where_no_trial_completes_exits_1_with_the_first_error(tmp_path
 def finished(tmp_path_factory):
     """A finished search (and its MLflow store) to damage, one copy per test."""
     root = tmp_path_factory.mktemp("finished")
-    result = run_command("tuner.search", "--widths", "1,2", "--trials", "2", "--epochs", "1", "--out", "runs",
+    result = run_command("tuner.search", "--widths", "1,2", "--trials", "2", "--seeds", "1", "--epochs", "1", "--out", "runs",
                          "--name", "fin", cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
@@ -258,7 +262,7 @@ def test_training_goes_on_while_the_mlflow_server_is_away_and_logging_catches_up
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = mlflow_server_at(tmp_path, port)
-    driver = Driver(["--widths", "1,2", "--trials", "3", "--epochs", "3", "--tracking-uri", uri, "--out", "runs",
+    driver = Driver(["--widths", "1,2", "--trials", "3", "--seeds", "1", "--epochs", "3", "--tracking-uri", uri, "--out", "runs",
                      "--name", "away"], cwd=tmp_path)
     try:
         driver.wait_for(TRIAL_LINE)
@@ -283,7 +287,7 @@ def test_training_goes_on_while_the_mlflow_server_is_away_and_logging_catches_up
 
 
 def test_two_searches_started_at_once_in_one_directory_both_run(tmp_path):
-    args = ["--widths", "1", "--trials", "1", "--epochs", "1", "--out", "runs"]
+    args = ["--widths", "1", "--trials", "1", "--seeds", "1", "--epochs", "1", "--out", "runs"]
     procs = [subprocess.Popen([sys.executable, "-m", "tuner.search", *args, "--name", name], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("one", "two")]
     outputs = [proc.communicate(timeout=600) for proc in procs]

@@ -17,7 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tests.helpers import BIN, assert_usage_error, free_port, run_command, write_preset
+from tests.helpers import BIN, Page, assert_usage_error, free_port, run_command, write_preset
 from tuner.outputs.results import EPOCH_SCHEMA, TRIAL_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -84,6 +84,18 @@ def test_output_is_a_line_per_trial_periodic_status_the_dashboard_url_and_a_summ
     assert result.stderr.strip() == "", "library noise on stderr"
 
 
+def test_without_a_fit_report_html_says_why_and_shows_each_widths_trials(search_run):
+    """Three λ per width are too few trials for the scaling fit (two widths need 7 coefficients): the report says
+    so, and still embeds each width's trials."""
+    run_dir, result = search_run
+    page = Page((run_dir / "report.html").read_text())
+    assert not (run_dir / "scaling.json").exists() and "scaling rule: not fitted" in result.stdout
+    assert "Not fitted: " in page.all_text and "optuna-dashboard" in page.all_text
+    assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert f"report:  {run_dir / 'report.html'}" in result.stdout
+    assert all((run_dir / f"robust_vs_lambda_w{width}.png").is_file() for width in (1, 2))
+
+
 def test_optuna_dashboard_serves_the_studies_with_their_metric_epochs_and_links(search_run):
     """The real optuna-dashboard on the run's journal, read through its HTTP API."""
     run_dir, _ = search_run
@@ -121,7 +133,7 @@ def wait_for_url(url: str, proc: subprocess.Popen, timeout: float = 60) -> bytes
 
 def test_a_diverging_trial_is_an_error_and_the_others_finish(tmp_path):
     preset = write_preset(tmp_path / "p.yaml", max_retries=1, concurrency=1)
-    result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--epochs", "1",
+    result = run_command("tuner.search", "--preset", preset, "--widths", "1", "--trials", "3", "--seeds", "1", "--epochs", "1",
                          "--lam-range", "1,1e7", "--lam-start", "1,1e6", "--out", "runs", "--name", "err",
                          cwd=tmp_path)  # a relative --out, as in the demo
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,13 +3,15 @@
     python -m tuner.fit RUN_DIR [RUN_DIR ...] [--predict 15,20] [--out DIR]
 
 Reads `trials.parquet` of each RUN_DIR (the same width in several runs pools its trials), writes
-`scaling.json` and three figures (PNG and SVG) to --out (default: the first RUN_DIR) and prints
-the conclusion, the per-width table and the recommendations.
+`scaling.json`, three figures and one figure per width (PNG and SVG) and `report.html` to --out
+(default: the first RUN_DIR) and prints the conclusion, the per-width table and the recommendations.
 
 From code (the search): `fit_runs(run_dirs, out_dir=..., predict=[15, 20])` writes the files and
-returns a FitReport (`.scaling` = scaling.json, `.files`, `.summary_lines()`); it raises
-ConfigError when there is nothing to fit (e.g. a single width). The estimator is
-`tuner.analysis.surface`, its wording `tuner.analysis.scaling`, the figures `tuner.analysis.plots`.
+returns a FitReport (`.scaling` = scaling.json, `.files`, `.width_files`, `.summary_lines()`); it
+raises ConfigError when there is nothing to fit (e.g. a single width), and then `plot_widths`
+draws the widths' trials without fitted curves. `write_report` writes report.html either way. The
+estimator is `tuner.analysis.surface`, its wording `tuner.analysis.scaling`, the figures
+`tuner.analysis.plots`, the report `tuner.analysis.report`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import cli
-from tuner.analysis.scaling import Scaling, fit_trials, interval_text, number
-from tuner.analysis.surface import Interval
+from tuner.analysis.scaling import Scaling, conclusion_with_a, fit_trials, number, prediction_text, width_cells
 from tuner.analysis.trials import load_trials
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
@@ -37,41 +38,30 @@ class FitReport:
     scaling: dict[str, Any]
     files: dict[str, Path]  # "scaling.json" and each figure's file name → its path
     fit: Scaling = dataclasses.field(repr=False)
+    width_files: dict[int, dict[str, Path]] = dataclasses.field(default_factory=dict)  # width → its figure's files
 
     def summary_lines(self) -> list[str]:
         """The conclusion, the per-width table, checks, the form comparison and the predictions, for printing."""
         s = self.scaling
         lines = [f"scaling rule λ* = a·w^b from {s['n_widths']} widths, {s['n_trials_used']} trials "
                  f"({s['level']:.0%} profile-likelihood intervals):",
-                 f"  {s['conclusion']}" + ("" if s["a_ci"] == [None, None] else
-                                            f"; a = {number(s['a'])} {interval_text(Interval(*s['a_ci']))}")]
+                 f"  {conclusion_with_a(s)}"]
         if s["advice"]:
             lines.append(f"  {s['advice']}")
         lines.append(f"  what the data show: {s['what_the_data_show']}")
+        lines.append(f"  regime: {s['regime']['words']}")
         lines.append(f"  {'width':>5} {'λ*':>7} {'95% interval':>20} {'rule λ*':>8} {'near-optimal λ':>15} "
                      f"{'val robust':>10}  used/completed/stopped/failed")
         for o in s["per_width"]:
-            band = f"{number(o['near_optimal_band'][0])}–{number(o['near_optimal_band'][1])}"
-            robust = "-" if o["robust_acc_at_star"] is None else f"{o['robust_acc_at_star']:.3f}"
-            counts = f"{o['n_used']}/{o['n_completed']}/{o['n_early_stopped']}/{o['n_failed']}"
-            lam = "no peak" if o["lam_star"] is None else number(o["lam_star"])
-            rule = "-" if o["rule_lam"] is None else number(o["rule_lam"])
-            lines.append(f"  {o['width']:>5} {lam:>7} {interval_text(Interval(*o['lam_star_ci'])):>20} "
-                         f"{rule:>8} {band:>15} {robust:>10}  {counts}")
+            width, lam, interval, rule, band, robust, counts = width_cells(o)
+            lines.append(f"  {width:>5} {lam:>7} {interval:>20} {rule:>8} {band:>15} {robust:>10}  {counts}")
         lines.append(f"  near-optimal: within one seed-noise sd ({number(s['seed_noise_sd'], 2)}, from "
                      f"{s['seed_noise_source']}); curvature above the peak {s['shape_ratio']:g}× that below it")
         comparison = s["model_comparison"]
         if comparison["models"]:
             ranked = ", ".join(f"{m['form']} Δ{m['delta']:.1f} (weight {m['weight']:.2f})" for m in comparison["models"])
             lines.append(f"  forms by {comparison['criterion']}: {ranked}; {comparison['note']}")
-        for p in s["predictions"]:
-            extrapolated = ", extrapolated" if p["extrapolated"] else ""
-            if p["lam"] is None:
-                lines.append(f"  recommended λ for width {p['width']}: none: the trials do not locate λ* (its interval "
-                             f"is unbounded both ways); any λ in the widths' near-optimal bands is as good as they tell")
-                continue
-            lines.append(f"  recommended λ for width {p['width']}: {number(p['lam'])} "
-                         f"{interval_text(Interval(*p['lam_ci']))} ({p['form'].replace('_', ' ')}{extrapolated})")
+        lines += [f"  {prediction_text(p)}" for p in s["predictions"]]
         lines += [f"  note: {note}" for note in s["notes"]]
         if not comparison["models"]:
             lines.append(f"  note: {comparison['note']}")
@@ -103,11 +93,30 @@ def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: 
     content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
     files = {SCALING_FILE: out_dir / SCALING_FILE}
     write_text_atomically(files[SCALING_FILE], json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    width_files = {}
     if plots:
         from tuner.analysis import plots as plotting  # matplotlib only when plotting
 
         files.update(plotting.write_plots(scaling, out_dir))
-    return FitReport(scaling=content, files=files, fit=scaling)
+        width_files = plotting.write_width_plots(trials, out_dir, scaling.fit)
+    return FitReport(scaling=content, files=files, fit=scaling, width_files=width_files)
+
+
+def plot_widths(run_dirs: Sequence[Path], *, out_dir: Path) -> dict[int, dict[str, Path]]:
+    """Each width's trials, robust accuracy against λ, without fitted curves (when there is no fit); width → files."""
+    from tuner.analysis import plots as plotting
+
+    return plotting.write_width_plots(load_trials(run_dirs), Path(out_dir))
+
+
+def write_report(run_dirs: Sequence[Path], *, out_dir: Path, fitted: FitReport | None,
+                 width_files: dict[int, dict[str, Path]], not_fitted: str | None = None) -> Path:
+    """report.html in out_dir: the runs, the fit (or why there is none), the fit's and the widths' figures."""
+    from tuner.analysis import report
+
+    figures = [*(fitted.files.values() if fitted else ()), *(p for files in width_files.values() for p in files.values())]
+    return report.write_report(run_dirs, out_dir=out_dir, scaling=None if fitted is None else fitted.scaling,
+                               figures=figures, not_fitted=not_fitted)
 
 
 def parse_predict(text: str) -> list[int]:
@@ -126,15 +135,19 @@ def build_parser() -> cli.Parser:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directory of a search (holding trials.parquet); several pool their trials")
     parser.add_argument("--predict", metavar="WIDTHS", help="comma-separated widths to recommend λ for, e.g. 15,20")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="where scaling.json and the figures go (default: the first RUN_DIR)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="where scaling.json, the figures and report.html go (default: the first RUN_DIR)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     predict = [] if args.predict is None else parse_predict(args.predict)
-    report = fit_runs(args.run_dirs, out_dir=args.out, predict=predict)
-    print("\n".join(report.summary_lines()))
+    fitted = fit_runs(args.run_dirs, out_dir=args.out, predict=predict)
+    print("\n".join(fitted.summary_lines()))
+    report = write_report(args.run_dirs, out_dir=fitted.files[SCALING_FILE].parent, fitted=fitted,
+                          width_files=fitted.width_files)
+    print(f"  report: {report}")
     return 0
 
 

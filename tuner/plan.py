@@ -144,10 +144,12 @@ class SearchPlan:
         cap = f", at most {self.concurrency} trials at once" if self.concurrency else ""
         seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
         design = ("paired " if self.paired else "") + plural(self.startup, "start-up value")
+        stopping = (f"ASHA grace {self.grace_period} reduction {self.reduction_factor}"
+                    if self.grace_period < self.trial.epochs else "no early stopping")
         lines = [f"search {self.name}: preset {self.preset}, widths {','.join(map(str, self.widths))}, "
                  f"{self.trials} λ{seeds} per width over [{self.lam_low:g}, {self.lam_high:g}] (log; {design}, "
                  f"then {self.sampler}), {self.trial.method}, {plural(self.trial.epochs, 'epoch')}, "
-                 f"ASHA grace {self.grace_period} reduction {self.reduction_factor}{cap}"]
+                 f"{stopping}{cap}"]
         lines += [f"  w{width}: {resources.describe()} per trial" for width, resources in self.resources.items()]
         return "\n".join(lines)
 
@@ -261,7 +263,7 @@ def build_plan(preset: Preset, *, name: str, out: Path, search_overrides: dict[s
     initial_lams = parse_lams(values.get("initial_lams") or [])
     plan = SearchPlan(
         name=name, run_dir=Path(out).resolve() / name, preset=preset.name, trial=trial, widths=widths, lam_low=low,
-        lam_high=high, trials=int(values["trials"]), seeds=int(values.get("seeds") or 1),
+        lam_high=high, trials=int(values["trials"]), seeds=1 if values.get("seeds") is None else int(values["seeds"]),
         # the preset's start-up count, at most --trials, and at least the --lam-start values
         startup=max(min(int(values.get("startup") or math.ceil(int(values["trials"]) / 2)), int(values["trials"])),
                     len(initial_lams)),

@@ -21,12 +21,12 @@ import torch
 from tuner import cli, fit
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
-from tuner.core.training import prepare
+from tuner.core.training import check_fits, prepare
 from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
 from tuner.outputs.results import (EPOCHS_FILE, EVALUATION_FILE, SEARCH_FILE, STATUSES, TRIALS_FILE, EvaluationStore,
-                                   ResultsStore, best_trial, read_record)
+                                   ResultsStore, best_on_test, best_trial, read_record)
 
 
 
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         # Ray's own switch for a machine-local cluster (its default on macOS and Windows): every Ray
         # service binds to 127.0.0.1. Read when Ray is imported, so it is set before.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Trial workers at the driver's priority: Ray starts them at nice 15 by default, so on a laptop
+        # or a shared node any other busy process starved the trials (a search slowed about 9×).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
     from tuner.orchestration.trials import TrialConfigError, run_search
 
@@ -131,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         report_unlogged(tracker.close("FAILED"))
         return 1
     tracker.log_files([plan.run_dir / TRIALS_FILE, plan.run_dir / EPOCHS_FILE, plan.run_dir / EVALUATION_FILE])
-    fit_scaling_rule(plan, tracker, predict)
+    tracker.flush()  # every trial run exists now: the flat view lists them all
+    record["mlflow"] = tracker.views()
+    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))  # the report reads it
+    report = fit_scaling_rule(plan, tracker, predict)
+    tracker.log_files([report])
+    print(f"report:  {report}")
+    print(f"mlflow runs (nested search → width → trial): {record['mlflow']['runs_url']}")
+    print(f"mlflow trials side by side (flat, parallel coordinates and scatter): {record['mlflow']['trials_url']}")
     report_unlogged(tracker.close())
     stages["finished"] = time.time()
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
@@ -165,22 +175,29 @@ def report_unlogged(failures: tracking.Failures) -> None:
               f"python -m tuner.search --resume logs them from the Parquet results")
 
 
-def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[int]) -> None:
-    """The final stage: fit λ*(width), print the rule, log its files and coefficients to MLflow.
+def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[int]) -> Path:
+    """The final stage: fit λ*(width), print the rule, draw each width's trials, write report.html; log the fit's
+    files and coefficients to the search's MLflow run and each width's figure to its run. Returns the report's path.
 
     When there is nothing to fit, files left by an earlier fit of this run are removed: they would
     describe other data.
     """
     try:
-        report = fit.fit_runs([plan.run_dir], predict=predict, seed=plan.seed)
+        fitted = fit.fit_runs([plan.run_dir], predict=predict, seed=plan.seed)
     except ConfigError as exc:  # e.g. a single width: the search itself succeeded
         print(f"scaling rule: not fitted ({exc})")
         for stale in fit.output_files(plan.run_dir):
             stale.unlink(missing_ok=True)
-        return
-    print("\n".join(report.summary_lines()))
-    tracker.log_files(list(report.files.values()))
-    tracker.log_fit(a=report.scaling["a"], b=report.scaling["b"])
+        fitted, not_fitted, width_files = None, str(exc), fit.plot_widths([plan.run_dir], out_dir=plan.run_dir)
+    else:
+        print("\n".join(fitted.summary_lines()))
+        tracker.log_files(list(fitted.files.values()))
+        tracker.log_fit(a=fitted.scaling["a"], b=fitted.scaling["b"])
+        not_fitted, width_files = None, fitted.width_files
+    for width, files in width_files.items():
+        tracker.log_files(list(files.values()), width=width)
+    return fit.write_report([plan.run_dir], out_dir=plan.run_dir, fitted=fitted, width_files=width_files,
+                            not_fitted=not_fitted)
 
 
 def make_plan(args: Any) -> SearchPlan:
@@ -195,7 +212,8 @@ def make_plan(args: Any) -> SearchPlan:
     name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10_000:04d}"
     plan = build_plan(preset, name=name, out=args.out,
                       search_overrides=search_overrides, trial_overrides=trial_overrides(args))
-    prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
+    prepared = prepare(plan.trial)  # loads the data and builds the narrowest model: fail now, not inside a trial
+    check_fits(plan.trial.replace(width=max(plan.widths)), prepared.data, prepared.device)
     return plan
 
 
@@ -256,7 +274,7 @@ def check_address(address: str | None) -> None:
 
 def print_summary(plan: SearchPlan, stages: dict[str, float], tracking_uri: str, *, state: str) -> None:
     """The per-width table (PGD-20 and the strong suite side by side), the ranking check, and where things are."""
-    from tuner.orchestration.evaluation import best_on_test, ranking_check
+    from tuner.orchestration.evaluation import ranking_check
 
     store = ResultsStore(plan.run_dir)
     rows = list(store.trials.values())

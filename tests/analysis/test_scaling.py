@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 
 from tests.analysis.synthetic import synthetic_rows
-from tuner.analysis.scaling import budget_now, exponent, fit_trials, number
+from tuner.analysis.scaling import budget_now, exponent, fit_trials, number, regime
 from tuner.analysis.trials import Trials
 from tuner.errors import ConfigError
 
@@ -90,3 +91,23 @@ def test_predictions_use_the_preferred_form_and_say_so():
     (prediction,) = content["predictions"]
     assert prediction["form"] == content["model_comparison"]["prediction_form"] and prediction["extrapolated"]
     assert "predictions use" in content["model_comparison"]["note"]
+
+
+@pytest.mark.parametrize("sign, trend", [(+1, "rises"), (-1, "falls")])
+def test_the_regime_compares_widths_at_the_same_lam(sign, trend):
+    """Stability = 0.5 + sign·0.05·ln w + 0.1·ln λ: each width samples other λ values (narrow ones the high λ,
+    which alone would make stability look falling with width); compared at one λ, the width trend is recovered."""
+    rows = []
+    for width, lams in ((1, [8.0, 16.0, 32.0]), (4, [2.0, 4.0, 8.0]), (16, [0.5, 1.0, 2.0])):
+        for lam in lams:
+            stability = 0.5 + sign * 0.05 * math.log(width) + 0.1 * math.log(lam)
+            rows.append({"width": width, "lam": lam, "status": "completed", "epochs_run": 5, "val_robust_acc": 0.5,
+                         "val_natural_acc": 0.9 - 0.02 * math.log(lam), "val_stability": stability})
+    result = regime(Trials.from_rows(rows), [1, 4, 16])
+    assert result["stability_with_width"] == trend
+    at = result["at_lam"]
+    for width, level in result["stability"]["by_width"].items():
+        assert level == pytest.approx(0.5 + sign * 0.05 * math.log(int(width)) + 0.1 * math.log(at), abs=2e-3)
+    assert result["stability"]["per_decade_of_lam"] == pytest.approx(0.1 * math.log(10), abs=1e-3)
+    assert result["natural"]["per_decade_of_lam"] == pytest.approx(-0.02 * math.log(10), abs=1e-3)
+    assert ("not the regime of Wu et al." in result["words"]) == (trend == "rises")

@@ -49,6 +49,7 @@ def run_worker(rank: int, world_size: int, port: int, out: str) -> None:
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(
             {"summary": {k: v for k, v in summary.items() if k != "history"}, "history": summary["history"],
              "val_examples": val.examples, "val": val.as_dict("val"), "state": state}))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -134,6 +135,7 @@ def train_linear(rank: int, world_size: int, port: int, out: str) -> None:
         train_one_epoch(distributed.for_training(prepared.model, prepared.device), optimizer, prepared, epoch=1)
         if rank == 0:
             torch.save(prepared.model.state_dict(), Path(out) / "linear.pt")
+        dist.barrier()  # neither worker tears gloo down while the other still uses it (that aborts the process)
     finally:
         dist.destroy_process_group()
 

@@ -158,3 +158,40 @@ def test_evaluate_split_evaluates_the_named_split(quick, split_name):
         expected = (prepared.model.eval()(split.images).argmax(1) == split.labels).double().mean().item()
     assert evaluation.examples == len(split)
     assert evaluation.natural_acc == pytest.approx(expected)
+
+
+class UnsafeObject:
+    """Something weights_only loading refuses: torch's error then suggests loading unsafely, which we must not."""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "unsafe pickle", "another width"])
+def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out(finished, quick, tmp_path, damage):
+    work, _ = finished
+    last = tmp_path / CHECKPOINT_DIR / LAST
+    last.parent.mkdir()
+    good = (work / CHECKPOINT_DIR / LAST).read_bytes()
+    if damage == "truncated":
+        last.write_bytes(good[:len(good) // 2])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    elif damage == "unsafe pickle":
+        torch.save({"model": UnsafeObject()}, last)
+    else:
+        last.write_bytes(good)
+        quick = quick.replace(width=3)
+    with pytest.raises(training.UnreadableCheckpoint) as error:
+        run_trial(prepare(quick), work_dir=tmp_path, log=None)
+    message = str(error.value)
+    assert str(last) in message and f"delete {last.parent}" in message and "\n" not in message
+    assert "weights_only" not in message and "unsafe" not in message.lower()
+
+
+def test_a_long_epoch_says_where_it_is(quick, monkeypatch):
+    """With the interval at 0 s every batch is reported: the counts climb to the training split's size."""
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    prepared = on_few_examples(prepare(quick), n=256)
+    lines = []
+    optimizer, _ = training.make_optimizer(prepared.model, quick)
+    training.train_one_epoch(prepared.model, optimizer, prepared, epoch=1, log=lines.append)
+    assert lines[0].startswith(f"epoch 1/{quick.epochs}: 64 of 256 training examples")
+    assert lines[-1].startswith(f"epoch 1/{quick.epochs}: 256 of 256 training examples") and len(lines) == 4

@@ -1,7 +1,10 @@
-"""The scaling fit's figures, each as PNG (fixed pixel size) and SVG, drawn on matplotlib's Agg canvas (no pyplot).
+"""The search's figures, each as PNG (fixed pixel size) and SVG, drawn on matplotlib's Agg canvas (no pyplot).
 
-Every width keeps one colour across the figures; trials stopped early are hollow markers at the
-value they reached (a lower fidelity than the fitted curves). Files are written atomically.
+The scaling fit's three figures (`write_plots`), and one per width (`write_width_plots`): that
+width's validation robust accuracy against λ, with its fitted curve when the fit used the width,
+for the width's MLflow run. Every width keeps one colour across the figures; trials stopped early
+are hollow markers at the value they reached (a lower fidelity than the fitted curves). Files are
+written atomically.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from matplotlib.figure import Figure
 
 from tuner.analysis.scaling import Scaling, exponent, interval_text, number
 from tuner.analysis.surface import LEVEL, Interval, SurfaceFit
+from tuner.analysis.trials import Trials
 from tuner.files import write_atomically
 
 DPI = 100
@@ -28,6 +32,7 @@ SIZES = {  # figure name → (width, height) in inches; PNG pixels = inches × D
     "tradeoff_vs_lambda": (13.0, 4.4),
     "natural_vs_stability": (6.0, 4.5),
 }
+WIDTH_SIZE = (6.5, 4.6)  # each width's robust accuracy against λ
 TRADEOFF_PANELS = (("robust", "validation robust accuracy"), ("natural", "validation natural accuracy"),
                    ("stability", "validation stability"))
 
@@ -45,21 +50,41 @@ def pixel_size(name: str) -> tuple[int, int]:
 
 def write_plots(scaling: Scaling, out_dir: Path) -> dict[str, Path]:
     """Every figure in out_dir, as PNG and SVG; returns file name → path."""
-    fit = scaling.fit
-    colours = width_colours(list(fit.data.width_values))
+    colours = width_colours(scaling.trials.widths)  # every width searched: the same colours as write_width_plots
     drawers: dict[str, Callable[[Figure], None]] = {
         "lambda_vs_width": lambda fig: draw_lambda_vs_width(fig, scaling, colours),
         "tradeoff_vs_lambda": lambda fig: draw_tradeoff(fig, scaling, colours),
         "natural_vs_stability": lambda fig: draw_natural_vs_stability(fig, scaling, colours),
     }
-    paths = {}
+    paths: dict[str, Path] = {}
     for name, draw in drawers.items():
-        fig = Figure(figsize=SIZES[name], dpi=DPI, layout="constrained")
-        FigureCanvasAgg(fig)
-        draw(fig)
-        for fmt in FORMATS:
-            path = paths[f"{name}.{fmt}"] = out_dir / f"{name}.{fmt}"
-            write_atomically(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=DPI))
+        paths.update(save(draw, out_dir, name, SIZES[name]))
+    return paths
+
+
+def width_file_names(width: int) -> list[str]:
+    """The files write_width_plots writes for `width`."""
+    return [f"robust_vs_lambda_w{width}.{fmt}" for fmt in FORMATS]
+
+
+def write_width_plots(trials: Trials, out_dir: Path, fit: SurfaceFit | None = None) -> dict[int, dict[str, Path]]:
+    """Each width's validation robust accuracy against λ in out_dir, as PNG and SVG, with the width's fitted
+    curve where `fit` used it; returns width → file name → path."""
+    colours = width_colours(trials.widths)
+    return {width: save(lambda fig, width=width: draw_width(fig, trials, width, fit, colours[width]), out_dir,
+                        f"robust_vs_lambda_w{width}", WIDTH_SIZE)
+            for width in trials.widths}
+
+
+def save(draw: Callable[[Figure], None], out_dir: Path, name: str, size: tuple[float, float]) -> dict[str, Path]:
+    """One figure drawn by `draw`, written as out_dir/name.png and .svg; returns file name → path."""
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw(fig)
+    paths = {}
+    for fmt in FORMATS:
+        path = paths[f"{name}.{fmt}"] = Path(out_dir) / f"{name}.{fmt}"
+        write_atomically(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=DPI))
     return paths
 
 
@@ -127,32 +152,70 @@ def draw_tradeoff(fig: Figure, scaling: Scaling, colours: dict[int, tuple[float,
     """Robust accuracy with each width's fitted curve, band, λ* and near-optimal band; natural accuracy; stability."""
     fit, trials = scaling.fit, scaling.trials
     axes = fig.subplots(1, len(TRADEOFF_PANELS), sharex=True)
-    usable = trials.usable
     for k, result in enumerate(fit.per_width):
         colour = colours[result.width]
-        here = usable & (trials.width == result.width)
-        stopped = here & (trials.status == "early_stopped")
-        completed = here & ~stopped
-        x = np.log(np.asarray(result.lam_range))
-        grid = np.linspace(x[0], x[1], 200)
-        curve, se = fit.curve(k, grid)
-        axes[0].plot(np.exp(grid), curve, color=colour, lw=1.5, label=rf"$w$ = {result.width}")
-        axes[0].fill_between(np.exp(grid), curve - 1.96 * se, curve + 1.96 * se, color=colour, alpha=0.15, lw=0)
-        axes[0].plot(result.band, [curve.max() + 0.004] * 2, color=colour, lw=4, alpha=0.6, solid_capstyle="butt")
-        if result.lam_star is not None:
-            axes[0].axvline(result.lam_star, ls=":", lw=1, color=colour)
+        draw_width_curve(axes[0], fit, k, colour, label=rf"$w$ = {result.width}")
         for ax, (metric, _) in zip(axes, TRADEOFF_PANELS):
-            values = getattr(trials, metric)
-            ax.scatter(trials.lam[completed], values[completed], s=16, color=colour, zorder=3)
-            ax.scatter(trials.lam[stopped], values[stopped], s=16, facecolors="none", edgecolors=colour, zorder=3)
-    axes[0].plot([], [], "o", mfc="none", color="grey", label="stopped early (at its last epoch)")
-    axes[0].plot([], [], lw=4, alpha=0.6, color="grey", label="near-optimal λ")
-    axes[0].plot([], [], ls=":", color="grey", label=r"$\lambda^*$ of the width")
+            scatter_width(ax, trials, result.width, getattr(trials, metric), colour)
+    curve_legend(axes[0])
     for ax, (_, label) in zip(axes, TRADEOFF_PANELS):
         ax.set(xscale="log", xlabel=r"$\lambda$", ylabel=label)
         plain_log_labels(ax.xaxis)
     axes[0].set_title(rf"each width's fitted curve (all epochs) with its {LEVEL:.0%} band", fontsize="small")
     axes[0].legend(fontsize="x-small")
+
+
+def draw_width(fig: Figure, trials: Trials, width: int, fit: SurfaceFit | None, colour: tuple[float, ...]) -> None:
+    """One width's trials, validation robust accuracy against λ, with its fitted curve when the fit used the width."""
+    ax = fig.add_subplot()
+    fitted = [] if fit is None else [r.width for r in fit.per_width]
+    scatter_width(ax, trials, width, trials.robust, colour)
+    ax.plot([], [], "o", color=colour, label="completed trial (at its selected epoch)")
+    if width in fitted:
+        draw_width_curve(ax, fit, fitted.index(width), colour, label=f"fitted curve, {LEVEL:.0%} band")
+        result = fit.per_width[fitted.index(width)]
+        if result.lam_star is not None:
+            ax.set_title(rf"width {width}: $\lambda^*$ = {number(result.lam_star)} "
+                         rf"{interval_text(result.lam_star_ci)}, near-optimal {number(result.band[0])}–"
+                         rf"{number(result.band[1])}", fontsize="medium")
+        else:
+            ax.set_title(f"width {width}: no peak (robust accuracy is flat in λ)", fontsize="medium")
+        curve_legend(ax)
+    else:
+        ax.plot([], [], "o", mfc="none", color="grey", label="stopped early (at its last epoch)")
+        ax.set_title(f"width {width}: trials (no fitted curve: the scaling fit did not use this width)",
+                     fontsize="medium")
+    ax.set(xscale="log", xlabel=r"$\lambda$", ylabel="validation robust accuracy")
+    plain_log_labels(ax.xaxis)
+    ax.legend(fontsize="x-small")
+
+
+def draw_width_curve(ax: Axes, fit: SurfaceFit, index: int, colour: object, *, label: str) -> None:
+    """Width `index`'s fitted curve over its sampled λ with its 95% band, its near-optimal band and λ*."""
+    result = fit.per_width[index]
+    x = np.log(np.asarray(result.lam_range))
+    grid = np.linspace(x[0], x[1], 200)
+    curve, se = fit.curve(index, grid)
+    ax.plot(np.exp(grid), curve, color=colour, lw=1.5, label=label)
+    ax.fill_between(np.exp(grid), curve - 1.96 * se, curve + 1.96 * se, color=colour, alpha=0.15, lw=0)
+    ax.plot(result.band, [curve.max() + 0.004] * 2, color=colour, lw=4, alpha=0.6, solid_capstyle="butt")
+    if result.lam_star is not None:
+        ax.axvline(result.lam_star, ls=":", lw=1, color=colour)
+
+
+def curve_legend(ax: Axes) -> None:
+    """Legend entries, in grey, for what draw_width_curve and scatter_width draw besides the curve."""
+    ax.plot([], [], "o", mfc="none", color="grey", label="stopped early (at its last epoch)")
+    ax.plot([], [], lw=4, alpha=0.6, color="grey", label="near-optimal λ")
+    ax.plot([], [], ls=":", color="grey", label=r"$\lambda^*$ of the width")
+
+
+def scatter_width(ax: Axes, trials: Trials, width: int, values: np.ndarray, colour: object) -> None:
+    """A width's usable trials at λ: completed ones filled, early-stopped ones hollow."""
+    here = trials.usable & (trials.width == width)
+    stopped = here & (trials.status == "early_stopped")
+    ax.scatter(trials.lam[here & ~stopped], values[here & ~stopped], s=16, color=colour, zorder=3)
+    ax.scatter(trials.lam[stopped], values[stopped], s=16, facecolors="none", edgecolors=colour, zorder=3)
 
 
 def plain_log_labels(*axes: Axis) -> None:

@@ -71,6 +71,35 @@ def sig(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else float(f"{x:.{digits}g}")
 
 
+def conclusion_with_a(content: dict[str, Any]) -> str:
+    """scaling.json's conclusion, with a and its interval where a is bounded on some side."""
+    if content["a_ci"] == [None, None]:
+        return content["conclusion"]
+    return f"{content['conclusion']}; a = {number(content['a'])} {interval_text(Interval(*content['a_ci']))}"
+
+
+def width_cells(entry: dict[str, Any]) -> list[str]:
+    """A scaling.json per_width entry for a table: width, λ*, its interval, the rule's λ*, the near-optimal band,
+    robust accuracy at λ*, and used/completed/stopped/failed trial counts."""
+    band = entry["near_optimal_band"]
+    return [str(entry["width"]), "no peak" if entry["lam_star"] is None else number(entry["lam_star"]),
+            interval_text(Interval(*entry["lam_star_ci"])), "-" if entry["rule_lam"] is None else number(entry["rule_lam"]),
+            f"{number(band[0])}–{number(band[1])}",
+            "-" if entry["robust_acc_at_star"] is None else f"{entry['robust_acc_at_star']:.3f}",
+            f"{entry['n_used']}/{entry['n_completed']}/{entry['n_early_stopped']}/{entry['n_failed']}"]
+
+
+def prediction_text(prediction: dict[str, Any]) -> str:
+    """A scaling.json prediction in words."""
+    width = prediction["width"]
+    if prediction["lam"] is None:
+        return (f"recommended λ for width {width}: none: the trials do not locate λ* (its interval is unbounded both "
+                f"ways); any λ in the widths' near-optimal bands is as good as they tell")
+    extrapolated = ", extrapolated" if prediction["extrapolated"] else ""
+    return (f"recommended λ for width {width}: {number(prediction['lam'])} "
+            f"{interval_text(Interval(*prediction['lam_ci']))} ({prediction['form'].replace('_', ' ')}{extrapolated})")
+
+
 # --------------------------------------------------------------------------- the fit and its words
 
 
@@ -142,7 +171,42 @@ def _content(fit: SurfaceFit, trials: Trials, predict: Sequence[int], notes: lis
         "seed_noise_sd": sig(fit.seed_sd), "seed_noise_source": fit.seed_sd_source,
         "shape_ratio": fit.shape_ratio, "per_width": per_width, "checks": fit.checks,
         "model_comparison": fit.comparison, "predictions": predictions, "method": METHOD, "notes": notes,
+        "regime": regime(trials, list(fit.data.width_values)),
     }
+
+
+def regime(trials: Trials, widths: list[int]) -> dict[str, Any]:
+    """Which regime the trials are in: how stability and natural accuracy move with λ and with width.
+
+    Least squares per metric over the usable trials of `widths`: metric = level(w) + slope·ln λ (one
+    slope shared by the widths), so widths are compared at the same λ (the median λ tried), not at
+    the different λ values their studies happened to sample. Wu et al. (paper scale) found that at a
+    fixed λ stability falls with width; where it rises instead, the trials are in another regime
+    (e.g. models too small for the task) and say nothing about the paper's effect.
+    """
+    keep = trials.usable & np.isin(trials.width, widths)
+    log_lam, width = np.log(trials.lam[keep]), trials.width[keep]
+    at = float(np.exp(np.median(log_lam)))
+    design = np.column_stack([log_lam - math.log(at), *((width == w).astype(float) for w in widths)])
+    result: dict[str, Any] = {"at_lam": sig(at, 3)}
+    for name in ("stability", "natural"):
+        coef = np.linalg.lstsq(design, getattr(trials, name)[keep], rcond=None)[0]
+        result[name] = {"per_decade_of_lam": sig(float(coef[0]) * math.log(10), 3),
+                        "by_width": {str(w): sig(float(c), 3) for w, c in zip(widths, coef[1:])}}
+    levels = list(result["stability"]["by_width"].values())
+    rises = all(b > a for a, b in zip(levels, levels[1:]))
+    falls = all(b < a for a, b in zip(levels, levels[1:]))
+    trend = "rises" if rises else "falls" if falls else "does not move steadily"
+    stab, nat = result["stability"], result["natural"]
+    result["stability_with_width"] = trend
+    result["words"] = (
+        f"at λ = {number(at, 2)}, stability {trend} with width ("
+        + ", ".join(f"{v:.3f} at w{w}" for w, v in stab["by_width"].items())
+        + f"); per tenfold λ, stability changes by {stab['per_decade_of_lam']:+.3f} and natural accuracy by "
+        f"{nat['per_decade_of_lam']:+.3f}"
+        + ("" if falls else ": not the regime of Wu et al., where stability falls with width at a fixed λ and "
+                            "λ* grows with width; expect that at paper scale (--preset cifar10-wrn34)"))
+    return result
 
 
 def determined(value: float, interval: Interval) -> float | None:

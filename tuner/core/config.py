@@ -6,6 +6,7 @@ Presets (data files in `search_spaces/`) fill a `TrialConfig`; command-line flag
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -80,9 +81,10 @@ class TrialConfig:
     def __post_init__(self) -> None:
         for name in ("epsilon", "train_step_size", "eval_step_size", "lam"):
             object.__setattr__(self, name, parse_number(getattr(self, name), name=name))
-        _check(isinstance(self.width, int) and self.width > 0,
-               f"width must be a positive integer, got {self.width!r}: pass --width 1 or more")
-        _check(self.lam >= 0, f"lam must be >= 0, got {self.lam:g}: pass --lam 0 or more")
+        _check_types(self)
+        _check(self.width > 0, f"width must be a positive integer, got {self.width!r}: pass --width 1 or more")
+        _check(math.isfinite(self.lam) and self.lam >= 0, f"lam must be a finite number >= 0, got {self.lam:g}: "
+               f"pass --lam 0 or more")
         _check(0 <= self.epsilon <= 1, f"epsilon must be in [0, 1] pixel units, got {self.epsilon:g}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}: pass --epochs 1 or more")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
@@ -122,6 +124,30 @@ class TrialConfig:
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
+
+
+TYPES = {  # a field's annotation → the Python types a preset or flag may give it, and how to say so
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+    "list[float]": ((list,), "a list of numbers"),
+}
+
+
+def _check_types(config: TrialConfig) -> None:
+    """Each setting has its annotated type (`null` only where the annotation allows None); bool is not a number."""
+    for field in dataclasses.fields(config):
+        value, annotation = getattr(config, field.name), str(field.type)
+        optional = annotation.endswith(" | None")
+        types, words = TYPES[annotation.removesuffix(" | None")]
+        if value is None and optional:
+            continue
+        ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+        if ok and annotation.startswith("list"):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        _check(ok, f"{field.name} must be {words}{' or null' if optional else ''}, got {value!r}: "
+                   f"fix it in the preset (or its flag)")
 
 
 def _check(condition: bool, message: str) -> None:

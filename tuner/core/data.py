@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tuner.errors import ConfigError
@@ -180,16 +181,18 @@ def _cifar10_batches(root: Path, *, download: bool) -> tuple[Split, Split, int]:
 
 def _image_folder(root: Path) -> tuple[Split, list[str]]:
     from torchvision.datasets.folder import find_classes, make_dataset
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         classes, class_to_idx = find_classes(str(root))
         samples = make_dataset(str(root), class_to_idx, extensions=(".png", ".jpg", ".jpeg"))
     except (FileNotFoundError, OSError) as exc:
         raise ConfigError(f"could not list images in {root} ({exc}): {CIFAR10_HELP}") from None
-    try:
-        images = torch.stack([decode_image(path, mode=ImageReadMode.RGB) for path, _ in samples])
-    except RuntimeError as exc:
-        raise ConfigError(f"could not decode the images in {root} as equal-sized RGB pictures ({exc})") from None
+    try:  # PIL, not torchvision's decoder: libpng prints its errors to stderr, PIL raises them
+        pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path, _ in samples])
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise ConfigError(f"could not decode the images in {root} as equal-sized RGB pictures ({exc}): "
+                          f"remove or replace the broken files") from None
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in samples], dtype=torch.long)
     return Split(images.float().div_(255), labels), classes

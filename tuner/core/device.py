@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import torch
@@ -41,6 +42,13 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device {name} is not available here ({torch.cuda.device_count()} CUDA GPU(s)): "
                           f"pass --device auto or cpu")
     return device
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of `device`: the GPU's total, or the machine's physical memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_precision(precision: str, device: torch.device, *, setting: str = "precision") -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ import models
 from tuner.core import distributed
 from tuner.core.config import TrialConfig
 from tuner.core.data import Dataset, Split, batches, load_dataset
-from tuner.core.device import autocast, check_precision, memory_format, place_data, place_model, resolve_device
+from tuner.core.device import (autocast, check_precision, device_memory, memory_format, place_data, place_model,
+                               resolve_device)
 from tuner.errors import ConfigError
 from tuner.files import write_atomically, write_text_atomically
 from tuner.core.metrics import Evaluation, evaluation_counts
@@ -42,6 +44,7 @@ CHECKPOINT_DIR = "checkpoint"
 LAST = "last.pt"  # everything needed to resume
 BEST = "best.pt"  # the model state of the selected epoch
 METRICS = "metrics.json"
+PROGRESS_SECONDS = 60.0  # a long epoch says where it is at most this often
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,31 @@ def prepare(config: TrialConfig) -> Prepared:
     check_precision(config.eval_precision, device, setting="eval_precision")
     data = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
                         val_fraction=config.val_fraction, split_seed=config.split_seed)
+    check_fits(config, data, device)
     torch.manual_seed(config.seed)
-    normalize = None if config.normalize_mean is None else (config.normalize_mean, config.normalize_std)
-    model = models.create_model(config.model, width=config.width, num_classes=data.num_classes,
-                                in_channels=data.in_channels, depth=config.depth, normalize=normalize)
-    model = place_model(model, device, channels_last=config.channels_last, compile=config.compile)
+    model = place_model(create_model(config, data), device, channels_last=config.channels_last, compile=config.compile)
     return Prepared(config, place_data(data, device), model, device, workers)
+
+
+def create_model(config: TrialConfig, data: Dataset) -> nn.Module:
+    """The trial's model for this dataset's classes and channels, on the current default device."""
+    normalize = None if config.normalize_mean is None else (config.normalize_mean, config.normalize_std)
+    return models.create_model(config.model, width=config.width, num_classes=data.num_classes,
+                               in_channels=data.in_channels, depth=config.depth, normalize=normalize)
+
+
+def check_fits(config: TrialConfig, data: Dataset, device: torch.device) -> None:
+    """ConfigError if the model's weights, gradients and momentum alone exceed the device's memory.
+
+    Counted on the meta device (nothing allocated), so an absurd width fails in a line, not in the allocator.
+    """
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in create_model(config, data).parameters())
+    need, have = 3 * 4 * parameters, device_memory(device)
+    if need > have:
+        raise ConfigError(f"width {config.width} has {parameters:,} parameters: training needs at least "
+                          f"{need / 2**30:,.1f} GiB for weights, gradients and momentum, more than the "
+                          f"{have / 2**30:,.1f} GiB of {device}: choose smaller widths")
 
 
 def train_attack(config: TrialConfig) -> AttackSettings:
@@ -108,9 +130,15 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return seed * 1_000_003 + epoch + 10_007 * rank
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: Prepared, epoch: int) -> dict[str, float]:
-    """One pass over the training split (this worker's shard); returns the epoch means of the loss terms."""
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared: Prepared, epoch: int, *,
+                    log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """One pass over the training split (this worker's shard); returns the epoch means of the loss terms.
+
+    `log` hears where a long epoch is, at most every PROGRESS_SECONDS (a paper-scale epoch takes minutes).
+    """
     config, device, workers = prepared.config, prepared.device, prepared.workers
+    started = reported = time.perf_counter()
+    seen = 0
     objective = get_objective(config.method)
     attack = train_attack(config)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))  # the same shuffle on every worker
@@ -127,6 +155,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, prepared
         value.loss.backward()
         optimizer.step()
         sums += torch.stack([torch.ones((), device=device), value.natural_loss, value.regularizer]).double() * len(y)
+        seen += len(y) * workers.world_size
+        if log and time.perf_counter() - reported >= PROGRESS_SECONDS:
+            reported = time.perf_counter()
+            log(f"epoch {epoch}/{config.epochs}: {seen:,} of {len(prepared.data.train):,} training examples, "
+                f"{reported - started:.0f}s")
     n, natural, regularizer = distributed.all_sum(sums).tolist()
     if not math.isfinite(natural + regularizer):
         raise FloatingPointError(f"training diverged at epoch {epoch} (loss {natural + regularizer}) with "
@@ -178,10 +211,14 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
     state = load_checkpoint(ckpt_dir / LAST)
     history: list[dict[str, float]] = []
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = state["history"]
+        except (RuntimeError, KeyError, ValueError, TypeError):
+            raise UnreadableCheckpoint(unreadable(ckpt_dir / LAST, f"it holds another model than {config.model} "
+                                                                   f"width {config.width}")) from None
         if log and history:
             log(f"resuming after epoch {len(history)} from {ckpt_dir / LAST}")
     distributed.check_same(len(history), "the epochs already trained", prepared.device)
@@ -192,7 +229,7 @@ def run_trial(prepared: Prepared, *, work_dir: Path, on_epoch: EpochCallback | N
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         record: dict[str, float] = {"epoch": epoch, "lr": lr}
-        record.update(train_one_epoch(trained, optimizer, prepared, epoch))
+        record.update(train_one_epoch(trained, optimizer, prepared, epoch, log=log))
         scheduler.step()
         record.update(Evaluation.from_counts(count_split(prepared, epoch_val)).as_dict("val"))
         record["epoch_seconds"] = time.perf_counter() - started
@@ -258,11 +295,26 @@ def format_epoch(record: dict[str, float], epochs: int) -> str:
             f"lip {record['val_lipschitz']:.3g}  lr {record['lr']:.3g}  {record['epoch_seconds']:.1f}s")
 
 
+class UnreadableCheckpoint(ConfigError):
+    """A checkpoint that cannot be loaded (truncated, empty, not written by this tool) or holds another model."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """A checkpoint saved by this module, loaded with weights_only=True; None if absent."""
+    """A checkpoint saved by this module, loaded with weights_only=True; None if absent.
+
+    Never falls back to unpickling arbitrary objects: a file that weights_only refuses is unreadable.
+    """
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+        raise UnreadableCheckpoint(unreadable(path, "truncated, empty or not written by this tool")) from None
+
+
+def unreadable(path: Path, why: str) -> str:
+    return (f"checkpoint {path} cannot be used ({why}): delete {path.parent} to start the trial again, "
+            f"or put back a good copy of {path.name}")
 
 
 def atomic_save(obj: Any, path: Path) -> None:

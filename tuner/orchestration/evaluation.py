@@ -27,7 +27,7 @@ from tuner.core.data import Split, batches, load_dataset
 from tuner.core.suites import evaluate_suite
 from tuner.core.training import BEST, Prepared, eval_attack, load_checkpoint, prepare
 from tuner.errors import ConfigError
-from tuner.outputs.results import EvaluationStore, best_trial
+from tuner.outputs.results import EvaluationStore
 from tuner.plan import SearchPlan
 
 SPLITS = ("test", "val")
@@ -154,14 +154,6 @@ def ranking_check(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]],
                        "pgd20_robust_acc": {f"{r['lam']:.4g}": evaluated[r["trial_id"]]["pgd_robust_acc"]
                                             for r in top}})
     return checks
-
-
-def best_on_test(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], width: int) -> dict[str, Any] | None:
-    """The strong evaluation on test of a width's best trial, if there is one."""
-    best = best_trial([r for r in rows if r["width"] == width])
-    if best is None:
-        return None
-    return next((e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
 
 
 class StrongEvaluations:

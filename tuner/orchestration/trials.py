@@ -44,7 +44,7 @@ from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
 from tuner.orchestration.evaluation import StrongEvaluations, selected_checkpoint
 from tuner.orchestration.progress import Console, Progress
-from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, OBJECTIVE, run_reported
+from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, NOTE, OBJECTIVE, run_reported
 from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, EvaluationStore, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
 from tuner.plan import SearchPlan, TrialResources, trial_name
@@ -224,7 +224,7 @@ def trial_row(trial: Any, *, status: str, plan: SearchPlan) -> tuple[dict[str, A
         "wall_seconds": result.get("time_total_s"), "node": result.get("node"), "node_ip": result.get("node_ip"),
         "started_at": utc(result.get("started_at")), "finished_at": utc(result.get("reported_at")),
         "optuna_trial": config.get("optuna_trial"), "workers": plan.resources[config["width"]].workers,
-        "checkpoint": checkpoint_uri(trial, plan),
+        "checkpoint": checkpoint_uri(trial, plan), "note": result.get(NOTE),
     }
     if status == "error":
         # the driver's local copy: the one in storage may not be synced yet

@@ -17,13 +17,14 @@ from typing import Any
 import ray
 
 from tuner.core.config import TrialConfig
-from tuner.core.training import CHECKPOINT_DIR, EpochReport, prepare, run_trial, select_epoch
+from tuner.core.training import CHECKPOINT_DIR, EpochReport, UnreadableCheckpoint, prepare, run_trial, select_epoch
 from tuner.errors import ConfigError
 
 METRIC = "val_robust_acc"  # ASHA compares this epoch's validation robust accuracy
 OBJECTIVE = "selected_val_robust_acc"  # Optuna is told the selected (best-so-far) epoch's value
 FINISHED = "trial_finished"  # 1 on the report of a trial's last epoch, which carries its test metrics
 CONFIG_ERROR = "config_error"  # the one-line message of bad input the trial found (no retry can fix it)
+NOTE = "note"  # what happened to the trial that its metrics do not say (e.g. restarted from scratch)
 
 # report(metrics, checkpoint_dir): hands one epoch to Tune or Train; checkpoint_dir is None off rank 0
 Report = Callable[[dict[str, Any], Path | None], None]
@@ -54,10 +55,23 @@ def run_reported(trial: TrialConfig, *, checkpoint: Any, report: Report, started
         report({CONFIG_ERROR: str(exc), OBJECTIVE: None}, None)  # Tune checks every result names the objective
         return
     work_dir = Path(tempfile.mkdtemp(prefix="rwt-trial-"))
+    note: dict[str, str] = {}
+
+    def run() -> None:
+        run_trial(prepared, work_dir=work_dir, log=print,  # per-epoch lines in the trial's log
+                  on_epoch=lambda epoch: report({**epoch_metrics(epoch, started_at=started_at), **note},
+                                                epoch.checkpoint_dir))
+
     try:
         if checkpoint is not None:
             checkpoint.to_directory(str(work_dir / CHECKPOINT_DIR))
-        run_trial(prepared, work_dir=work_dir, log=print,  # per-epoch lines in the trial's log
-                  on_epoch=lambda epoch: report(epoch_metrics(epoch, started_at=started_at), epoch.checkpoint_dir))
+        try:
+            run()
+        except UnreadableCheckpoint as exc:  # a damaged checkpoint costs the trial's epochs, not the search
+            print(f"{exc}; restarting the trial from scratch")
+            shutil.rmtree(work_dir / CHECKPOINT_DIR)
+            note[NOTE] = f"restarted from scratch: {str(exc).split(':')[0]}"
+            prepared = prepare(trial)
+            run()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -49,6 +49,7 @@ TRIAL_SCHEMA = pa.schema([
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("checkpoint", pa.string()),  # the trial's last checkpoint (a path or URI); its best.pt is the selected epoch
     ("error", pa.string()),
+    ("note", pa.string()),  # e.g. "restarted from scratch: checkpoint … was unreadable"
 ])
 
 EPOCH_SCHEMA = pa.schema([
@@ -97,6 +98,14 @@ class ResultsStore:
 def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The completed trial with the best validation robust accuracy at its selected epoch."""
     return max((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_robust_acc"], default=None)
+
+
+def best_on_test(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], width: int) -> dict[str, Any] | None:
+    """The strong evaluation on test of a width's best trial, if there is one."""
+    best = best_trial([r for r in rows if r["width"] == width])
+    if best is None:
+        return None
+    return next((e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 # one attempt per request and a short timeout: retries and back-off are the Tracker's own
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -52,7 +53,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflo
 SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
-BACKOFF = (1, 2, 4, 8, 16, 30, 60)  # seconds between attempts while the search runs
+BACKOFF = (1, 2, 4, 8, 16, 30, 60)
+UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+TRAINING_UI = "workflowType=machine_learning"  # MLflow 3's UI: the "Model training" side, not GenAI  # seconds between attempts while the search runs
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -65,6 +68,27 @@ def resolve_uri(uri: str | None) -> str:
         raise ConfigError(f"MLflow tracking URI {resolved!r} has no supported scheme ({', '.join(SCHEMES)}): pass "
                           f"--tracking-uri sqlite:///mlflow.db or http://HOST:5000")
     return resolved
+
+
+def ui_address(uri: str) -> str:
+    """Where the MLflow UI of this tracking URI answers: a tracking server serves it itself; for a local store,
+    `mlflow ui --backend-store-uri URI` serves it at its default address."""
+    return uri.rstrip("/") if urlparse(uri).scheme in ("http", "https") else UI_DEFAULT
+
+
+def views_of(uri: str, experiment_id: str, trial_runs: list[str]) -> dict[str, str]:
+    """The experiment's run table (runs nested under the search run), and the trials side by side, flat.
+
+    MLflow 3's UI opens on its GenAI pages unless the browser chose "Model training" before (the
+    experiment's kind tag does not override that choice); `workflowType` in the address does. The
+    comparison page lists the given runs flat, with a parallel-coordinates plot and scatter plots.
+    """
+    ui = ui_address(uri)
+    runs, experiments = (quote(json.dumps(ids, separators=(",", ":")), safe="")
+                         for ids in (trial_runs, [experiment_id]))
+    return {"experiment_id": experiment_id,
+            "runs_url": f"{ui}/#/experiments/{experiment_id}/runs?{TRAINING_UI}",
+            "trials_url": f"{ui}/#/compare-runs?runs={runs}&experiments={experiments}&{TRAINING_UI}"}
 
 
 def is_local(uri: str) -> bool:
@@ -180,11 +204,29 @@ class Tracker:
         """The best trial's λ and id, and its selected checkpoint (a local file) as an artifact; the width run ends."""
         self._submit(f"width {width} run", lambda: self._finish_width(width, best, checkpoint))
 
-    def log_files(self, files: list[Path]) -> None:
-        """Artifacts of the search run (result tables, the scaling fit and its plots)."""
+    def log_files(self, files: list[Path], *, width: int | None = None) -> None:
+        """Artifacts of the search run (result tables, the scaling fit, its figures, report.html), or of the
+        width's run (its figure); files that do not exist are skipped."""
+        label = "search run" if width is None else f"width {width} run"
+
+        def log(path: Path) -> None:
+            if path.exists():
+                self.client.log_artifact(self.search_run if width is None else self.width_run(width), str(path))
+
         for path in files:
-            self._submit(f"search run artifact {Path(path).name}",
-                         lambda path=path: self.client.log_artifact(self.search_run, str(path)) if path.exists() else None)
+            self._submit(f"{label} artifact {Path(path).name}", lambda path=path: log(Path(path)))
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait up to `timeout` s until everything submitted so far is logged (or given up); whether it was."""
+        done = threading.Event()
+        self._submit("flush", done.set)
+        return done.wait(timeout)
+
+    def views(self) -> dict[str, str]:
+        """Where the MLflow UI shows this search (`views_of`), for the trial runs known to this tracker."""
+        with self._run_lock:
+            trial_runs = [run_id for (kind, _), run_id in self._runs.items() if kind == "trial"]
+        return views_of(self.uri, self.experiment_id, trial_runs)
 
     def log_fit(self, *, a: float, b: float) -> None:
         """The scaling rule λ* = a·w^b as the search run's metrics `fit_a`, `fit_b`."""
@@ -366,7 +408,7 @@ class Tracker:
             metrics=[Metric(k, float(v), now, 0) for k, v in final.items() if v is not None],
             tags=[RunTag("status", row["status"]), RunTag("node", str(row.get("node"))),
                   RunTag("node_ip", str(row.get("node_ip"))),
-                  *([RunTag("error", row["error"][:4000])] if row.get("error") else [])],
+                  *(RunTag(key, row[key][:4000]) for key in ("error", "note") if row.get(key))],
         )
         self.client.set_terminated(run_id, RunStatus.to_string(FINAL_STATUS[row["status"]]))
 
