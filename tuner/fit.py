@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import cli
+from tuner.analysis.ranking import ranking_checks
 from tuner.analysis.scaling import Scaling, conclusion_with_a, fit_trials, number, prediction_text, width_cells
 from tuner.analysis.trials import load_trials
 from tuner.errors import ConfigError
@@ -90,7 +91,8 @@ def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: 
     scaling = fit_trials(trials, predict=predict)
     out_dir = Path(run_dirs[0] if out_dir is None else out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
+    content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods),
+               "ranking_check": ranking_checks(run_dirs)}
     files = {SCALING_FILE: out_dir / SCALING_FILE}
     write_text_atomically(files[SCALING_FILE], json.dumps(content, indent=2, ensure_ascii=False) + "\n")
     width_files = {}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from tuner import cli, fit
+from tuner.analysis.ranking import ranking_check
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
 from tuner.core.training import check_fits, prepare
@@ -274,8 +275,6 @@ def check_address(address: str | None) -> None:
 
 def print_summary(plan: SearchPlan, stages: dict[str, float], tracking_uri: str, *, state: str) -> None:
     """The per-width table (PGD-20 and the strong suite side by side), the ranking check, and where things are."""
-    from tuner.orchestration.evaluation import ranking_check
-
     store = ResultsStore(plan.run_dir)
     rows = list(store.trials.values())
     evaluations = list(EvaluationStore(plan.run_dir).rows.values())

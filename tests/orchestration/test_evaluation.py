@@ -8,7 +8,8 @@ import pytest
 
 from tuner.core.data import load_dataset
 from tuner.errors import ConfigError
-from tuner.orchestration.evaluation import Request, choose, ranking_check, width_requests
+from tuner.analysis.ranking import ranking_check
+from tuner.orchestration.evaluation import Request, choose, width_requests
 from tuner.plan import build_plan
 from tuner.presets import load_preset
 

@@ -134,3 +134,7 @@ def test_the_search_ends_with_the_scaling_fit(tracked):
     assert [w["n_used"] for w in scaling["per_width"]] == [TRIALS, TRIALS]
     assert scaling["a"] > 0 and len(scaling["b_ci"]) == 2
     assert "scaling rule λ* = a·w^b from 2 widths" in result.stdout and scaling["conclusion"] in result.stdout
+    # the ranking check the summary prints is kept with the fit
+    assert {c["width"] for c in scaling["ranking_check"]} == {1, 2}
+    for check in scaling["ranking_check"]:
+        assert check["suite"] == "fast" and check["trials"] == 3 and f"ranking check w{check['width']}:" in result.stdout

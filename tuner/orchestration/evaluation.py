@@ -12,9 +12,8 @@ checkpoint API, as the search writes them.
 from __future__ import annotations
 
 import datetime
-import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import ray
 import torch
 from ray import tune
 
+from tuner.analysis.ranking import ranked
 from tuner.core.data import Split, batches, load_dataset
 from tuner.core.suites import evaluate_suite
 from tuner.core.training import BEST, Prepared, eval_attack, load_checkpoint, prepare
@@ -101,12 +101,6 @@ def evaluate(plan: SearchPlan, request: Request, *, prepared: Prepared | None = 
             "evaluated_at": datetime.datetime.now(datetime.timezone.utc)}
 
 
-def ranked(rows: Iterable[dict[str, Any]], width: int) -> list[dict[str, Any]]:
-    """A width's completed trials with a checkpoint, best validation robust accuracy (PGD-20) first."""
-    return sorted((r for r in rows if r["width"] == width and r["status"] == "completed" and r.get("checkpoint")),
-                  key=lambda r: -r["val_robust_acc"])
-
-
 def choose(rows: list[dict[str, Any]], which: str) -> list[dict[str, Any]]:
     """The trials `which` names, per width: best, top-K or all (completed, with a checkpoint)."""
     count = {"best": 1, "all": None}.get(which)
@@ -125,35 +119,6 @@ def width_requests(plan: SearchPlan, rows: list[dict[str, Any]], width: int) -> 
     val = [Request(r, "val", settings.suite, settings.examples)
            for r in (ordered[:settings.ranking] if settings.ranking and len(ordered) >= 2 else [])]
     return test + val
-
-
-def ranking_check(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], *, suite: str) -> list[dict[str, Any]]:
-    """Per width: does the best λ on validation change when the top trials are ranked by the suite, not PGD-20?
-
-    A change (the suite's best beats PGD-20's best by more than two standard errors of the
-    difference) is the sign of gradient masking at some λ: PGD-20 then overstates its robustness.
-    """
-    checks = []
-    for width in sorted({r["width"] for r in rows}):
-        evaluated = {e["trial_id"]: e for e in evaluations
-                     if e["width"] == width and e["split"] == "val" and e["suite"] == suite}
-        top = [r for r in ranked(rows, width) if r["trial_id"] in evaluated]
-        if len(top) < 2:
-            continue
-        by_strong = max(top, key=lambda r: evaluated[r["trial_id"]]["strong_robust_acc"])
-        leader, challenger = evaluated[top[0]["trial_id"]], evaluated[by_strong["trial_id"]]
-        # two accuracies on the same n examples: a difference within 2 standard errors is noise
-        p, n = leader["strong_robust_acc"], leader["examples"]
-        margin = 2 * math.sqrt(2 * max(p * (1 - p), 1 / n) / n)
-        difference = challenger["strong_robust_acc"] - leader["strong_robust_acc"]
-        checks.append({"width": width, "suite": suite, "trials": len(top), "best_lam_pgd20": top[0]["lam"],
-                       "best_lam_strong": by_strong["lam"], "difference": difference, "noise_margin": margin,
-                       "changed": by_strong["trial_id"] != top[0]["trial_id"] and difference > margin,
-                       "strong_robust_acc": {f"{r['lam']:.4g}": evaluated[r["trial_id"]]["strong_robust_acc"]
-                                             for r in top},
-                       "pgd20_robust_acc": {f"{r['lam']:.4g}": evaluated[r["trial_id"]]["pgd_robust_acc"]
-                                            for r in top}})
-    return checks
 
 
 class StrongEvaluations:
