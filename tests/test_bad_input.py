@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,8 +120,13 @@ def run_in_process(command: str, args: list[str], *, cwd: Path, monkeypatch, cap
     main = importlib.import_module(command).main
     monkeypatch.chdir(cwd)
     capfd.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        cli.run(main, args)
+    environment = dict(os.environ)  # the commands set variables for their own process (MLFLOW_TRACKING_URI, RAY_*)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run(main, args)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess([command, *args], exited.value.code, out, err)
 
