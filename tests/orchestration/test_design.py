@@ -103,6 +103,23 @@ def test_an_orphaned_trial_does_not_count_against_the_budget():
     assert p.studies[1].trials[first.number].state == TrialState.FAIL
 
 
+def test_a_trial_enqueued_but_never_asked_before_a_kill_does_not_use_up_the_budget():
+    """The driver died between enqueue_trial and ask: a resumed proposer neither counts nor pops that trial."""
+    b = budget(widths=(1,), trials=2, seeds=1)
+    study = optuna.create_study(direction="maximize", sampler=b.make_sampler(1))
+    first = Proposer(b, {1: study})
+    done = first.ask(1)
+    first.tell(done, TrialState.COMPLETE, 0.5)
+    study.enqueue_trial({"lam": 29.0})  # the stale λ of the dead driver
+    resumed = Proposer(b, {1: study})
+    assert resumed.remaining(1) == 1
+    second = resumed.ask(1)
+    assert second.lam == pytest.approx(b.startup_lams(1)[1]) and second.lam != pytest.approx(29.0)
+    stale = study.trials[1]
+    assert stale.state == TrialState.FAIL and stale.user_attrs["orphaned"] is True
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
 def ray_asha_decisions(values: list[tuple[str, int, float]], *, grace: int, rf: int, max_t: int) -> list[bool]:
     """Ray Tune's own ASHAScheduler bracket on the same sequence of results (True = stop)."""
     from ray.tune.schedulers.async_hyperband import _Bracket

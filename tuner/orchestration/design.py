@@ -142,13 +142,25 @@ class Proposer:
 
     `studies` maps width → an Optuna study (journal storage in a search, in-memory in a
     simulation). Trials asked and not yet told are kept as live Optuna trials by (width, number).
-    Trials marked `orphaned` (asked by a driver that died before any trial ran them) do not count.
+    Trials marked `orphaned` (asked, or only enqueued, by a driver that died before any trial ran them) do not
+    count.
     """
 
     def __init__(self, budget: Budget, studies: dict[int, optuna.Study]) -> None:
         self.budget, self.studies = budget, studies
+        for study in studies.values():
+            self._orphan_waiting(study)
         self.asked = {width: len(self._counted(width)) for width in studies}
         self.live: dict[tuple[int, int], optuna.Trial] = {}
+
+    @staticmethod
+    def _orphan_waiting(study: optuna.Study) -> None:
+        """Close the trials enqueued but never asked (a driver killed between the two) as orphaned FAIL trials:
+        left WAITING, they would count against the budget and the next ask would pop them with a stale λ."""
+        for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = study.ask()  # pops the oldest waiting trial (Optuna cannot tell a WAITING trial directly)
+            trial.set_user_attr("orphaned", True)
+            study.tell(trial, state=TrialState.FAIL)
 
     def _counted(self, width: int) -> list[optuna.trial.FrozenTrial]:
         return [t for t in self.studies[width].get_trials(deepcopy=False) if not t.user_attrs.get("orphaned")]
