@@ -53,9 +53,9 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflo
 SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
              "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED")
-BACKOFF = (1, 2, 4, 8, 16, 30, 60)
+BACKOFF = (1, 2, 4, 8, 16, 30, 60)  # seconds between attempts while the search runs
 UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-TRAINING_UI = "workflowType=machine_learning"  # MLflow 3's UI: the "Model training" side, not GenAI  # seconds between attempts while the search runs
+TRAINING_UI = "workflowType=machine_learning"  # MLflow 3's UI: the "Model training" side, not GenAI
 
 
 def resolve_uri(uri: str | None) -> str:
