@@ -27,7 +27,7 @@ def test_fit_runs_pools_run_dirs_and_writes_scaling_json_and_figures(tmp_path):
     width4 = [r for r in rows if r["width"] == 4]  # half in each search: pooled
     first = write_trials(tmp_path / "a", [r for r in rows if r["width"] < 4] + width4[:5])
     second = write_trials(tmp_path / "b", width4[5:] + [r for r in rows if r["width"] > 4])
-    report = fit_runs([first, second], out_dir=tmp_path / "out", predict=[15, 20], seed=3)
+    report = fit_runs([first, second], out_dir=tmp_path / "out", predict=[15, 20])
     scaling = json.loads((tmp_path / "out" / "scaling.json").read_text())
     assert scaling == json.loads(json.dumps(report.scaling))
     for key in ("conclusion", "a", "b", "a_ci", "b_ci", "per_width", "model_comparison", "predictions",
@@ -66,10 +66,9 @@ def test_command_prints_the_conclusion_and_the_recommendations(tmp_path):
     assert f"report: {run / 'report.html'}" in result.stdout and "λ* grows with width" in (run / "report.html").read_text()
 
 
-def test_the_search_can_still_pass_a_seed():
-    """The search calls fit_runs(..., seed=plan.seed); the deterministic estimator ignores it."""
+def test_no_run_directory_is_a_config_error():
     with pytest.raises(ConfigError, match="no run directory"):
-        fit_runs([], seed=0)
+        fit_runs([])
 
 
 def bad_runs(tmp_path: Path) -> dict[str, tuple[Path, list[str], tuple[str, ...]]]:

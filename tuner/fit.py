@@ -77,13 +77,12 @@ def output_files(out_dir: Path) -> list[Path]:
     return [Path(out_dir) / SCALING_FILE, *(Path(out_dir) / name for name in file_names())]
 
 
-def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: Sequence[int] = (), seed: int = 0,
+def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: Sequence[int] = (),
              plots: bool = True) -> FitReport:
     """Fit the scaling rule to the trials of these run directories and write scaling.json (+ figures) to out_dir.
 
-    out_dir defaults to the first run directory. `seed` is accepted for callers written for the
-    bootstrap estimator and ignored (profile-likelihood intervals are deterministic). Raises
-    ConfigError for input the fit cannot use.
+    out_dir defaults to the first run directory. The fit is deterministic (profile-likelihood
+    intervals, no resampling). Raises ConfigError for input the fit cannot use.
     """
     if not run_dirs:
         raise ConfigError("no run directory given: pass the run directory of a search (runs/<name>)")

@@ -184,7 +184,7 @@ def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[
     describe other data.
     """
     try:
-        fitted = fit.fit_runs([plan.run_dir], predict=predict, seed=plan.seed)
+        fitted = fit.fit_runs([plan.run_dir], predict=predict)
     except ConfigError as exc:  # e.g. a single width: the search itself succeeded
         print(f"scaling rule: not fitted ({exc})")
         for stale in fit.output_files(plan.run_dir):
