@@ -11,6 +11,10 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # Results go to Parquet; of Tune's default loggers the search keeps only the JSON one (trials.py).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Tune warns when handling a result takes over 0.5 s and advises reporting less often; a search reports
+# once an epoch, and its callback (Parquet written atomically, MLflow handed to a thread) takes about that
+# on a busy laptop. Only a handler slower than 30 s says something worth a line.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "30")
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
