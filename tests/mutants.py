@@ -76,6 +76,7 @@ NAMED_SPLIT = TRAINING + "test_evaluate_split_evaluates_the_named_split"
 LR_RESUME = TRAINING + "test_learning_rate_schedule_survives_a_resume_across_its_milestone"
 RESUME = TRAINING + "test_resume_after_an_interruption_matches_an_uninterrupted_run"
 RESUME_AFTER_LAST = TRAINING + "test_a_trial_resumed_after_its_last_epoch_was_saved_only_finishes"
+DAMAGED = TRAINING + "test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out"
 DATA = "tests/core/test_data.py::"
 CROPS = DATA + "test_each_crop_is_a_window_of_its_own_zero_padded_image_at_every_offset"
 SPLITS = DATA + "test_digits_in_pixel_range_with_disjoint_fixed_splits"
@@ -280,15 +281,26 @@ MUTANTS = [
            why="the test metrics are computed on the validation split",
            tests=(NAMED_SPLIT,)),
     Mutant("scheduler-not-restored", "tuner/core/training.py",
-           old='        scheduler.load_state_dict(state["scheduler"])\n',
+           old='            scheduler.load_state_dict(state["scheduler"])\n',
            new="",
            why="a resumed trial restarts its learning-rate schedule",
            tests=(LR_RESUME,)),
     Mutant("optimizer-not-restored", "tuner/core/training.py",
-           old='        optimizer.load_state_dict(state["optimizer"])\n',
+           old='            optimizer.load_state_dict(state["optimizer"])\n',
            new="",
            why="a resumed trial loses its momentum buffers",
            tests=(RESUME,)),
+    Mutant("checkpoint-loaded-unsafely", "tuner/core/training.py",
+           old='torch.load(path, map_location="cpu", weights_only=True)',
+           new='torch.load(path, map_location="cpu", weights_only=False)',
+           why="a checkpoint file can run arbitrary code when a trial resumes from it",
+           tests=(DAMAGED,)),
+    Mutant("waiting-trial-counted-on-resume", "tuner/orchestration/design.py",
+           old="        for study in studies.values():\n            self._orphan_waiting(study)\n",
+           new="",
+           why="a driver killed between enqueue and ask leaves a WAITING trial that uses up its width's budget",
+           tests=("tests/orchestration/test_design.py::"
+                  "test_a_trial_enqueued_but_never_asked_before_a_kill_does_not_use_up_the_budget",)),
     Mutant("resume-skips-an-epoch", "tuner/core/training.py",
            old="range(len(history) + 1, config.epochs + 1)",
            new="range(len(history) + 2, config.epochs + 1)",

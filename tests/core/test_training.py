@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -160,8 +161,15 @@ def test_evaluate_split_evaluates_the_named_split(quick, split_name):
     assert evaluation.natural_acc == pytest.approx(expected)
 
 
-class UnsafeObject:
-    """Something weights_only loading refuses: torch's error then suggests loading unsafely, which we must not."""
+class Tripwire:
+    """Unpickling it creates a directory: code run by loading a checkpoint (weights_only refuses it; torch's error
+    then suggests loading unsafely, which we must neither do nor advise)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "unsafe pickle", "another width"])
@@ -175,7 +183,7 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out(finis
     elif damage == "empty":
         last.write_bytes(b"")
     elif damage == "unsafe pickle":
-        torch.save({"model": UnsafeObject()}, last)
+        torch.save({"model": Tripwire(str(tmp_path / "code-ran"))}, last)
     else:
         last.write_bytes(good)
         quick = quick.replace(width=3)
@@ -184,6 +192,9 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out(finis
     message = str(error.value)
     assert str(last) in message and f"delete {last.parent}" in message and "\n" not in message
     assert "weights_only" not in message and "unsafe" not in message.lower()
+    assert not (tmp_path / "code-ran").exists(), "loading the checkpoint ran code from it"
+    why = "holds another model" if damage == "another width" else "truncated, empty or not written by this tool"
+    assert why in message
 
 
 def test_a_long_epoch_says_where_it_is(quick, monkeypatch):
