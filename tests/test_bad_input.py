@@ -84,6 +84,7 @@ CASES = [
     ("tuner.search", ["--widths", "1", "--cpus-per-trial", "100000"], "needs 100000 CPU and 0 GPU but this machine has"),
     ("tuner.search", ["--widths", "1", "--workers-per-trial", "3"], "--batch-size divisible by --workers-per-trial"),
     ("tuner.search", ["--widths", "1", "--name", ""], "--name must not be empty"),
+    ("tuner.search", ["--widths", "1", "--out", "a-file"], "cannot create a run directory in"),
     ("tuner.search", ["--widths", "1", "--tracking-uri", "bogus://x"], "has no supported scheme"),
     ("tuner.search", ["--widths", "1", "--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow tracking server answers"),
     ("tuner.search", ["--widths", "1", "--device", "cuda"], "device cuda is not available"),

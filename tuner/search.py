@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from tuner.plan import SearchPlan, build_plan
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
 from tuner.outputs.results import (EPOCHS_FILE, EVALUATION_FILE, SEARCH_FILE, STATUSES, TRIALS_FILE, EvaluationStore,
-                                   ResultsStore, best_on_test, best_trial, read_record)
+                                   ResultsStore, best_by_width, read_record)
 
 
 
@@ -76,16 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     tracking.check_reachable(tracking_uri)
     if starts_local_ray(args.address):
         plan.check_fits({"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()})
-    if not args.resume:
-        create_run_dir(plan)
+    stages["validated"] = time.time()
+    record = {"argv": argv, "name": plan.name, "plan": plan.describe(), "tracking_uri": tracking_uri, "stages": stages}
+    if args.resume:
+        write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
+    else:
+        create_run_dir(plan, record)
 
     if args.preset is None:
         print(f"no --preset: running the offline demo preset '{DEFAULT_PRESET}' (digits, small CNN, CPU-sized); "
               f"for the paper-scale protocol: python -m tuner.search --preset {PAPER_PRESET} --data-dir DIR --widths 1,4,10")
     print(plan.describe())
-    stages["validated"] = time.time()
-    record = {"argv": argv, "name": plan.name, "plan": plan.describe(), "tracking_uri": tracking_uri, "stages": stages}
-    write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
 
     if starts_local_ray(args.address):
         # Ray's own switch for a machine-local cluster (its default on macOS and Windows): every Ray
@@ -149,11 +152,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def create_run_dir(plan: SearchPlan) -> None:
-    """The run directory, created here and now: two searches never share one."""
+def create_run_dir(plan: SearchPlan, record: dict[str, Any]) -> None:
+    """The run directory, created with its search.json in one step (a directory renamed into place): a search
+    killed at any moment leaves a run that --resume continues, or none; two searches never share one."""
+    if plan.run_dir.exists():  # even empty: a directory renamed onto an empty one would replace it
+        raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name")
     try:
-        plan.run_dir.mkdir(parents=True)
-    except FileExistsError:
+        plan.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=plan.run_dir.parent, prefix=f".{plan.run_dir.name}-"))
+    except OSError as exc:
+        raise ConfigError(f"cannot create a run directory in {plan.run_dir.parent} ({exc.strerror}): pass another "
+                          f"--out") from None
+    (staging / SEARCH_FILE).write_text(json.dumps(record, indent=2))
+    try:
+        staging.rename(plan.run_dir)
+    except OSError:  # another search created it meanwhile
+        shutil.rmtree(staging)
         raise ConfigError(f"run directory {plan.run_dir} exists: pass --resume to continue it, or a new --name") from None
 
 
@@ -275,23 +289,19 @@ def check_address(address: str | None) -> None:
 
 def print_summary(plan: SearchPlan, stages: dict[str, float], tracking_uri: str, *, state: str) -> None:
     """The per-width table (PGD-20 and the strong suite side by side), the ranking check, and where things are."""
-    store = ResultsStore(plan.run_dir)
-    rows = list(store.trials.values())
+    rows = list(ResultsStore(plan.run_dir).trials.values())
     evaluations = list(EvaluationStore(plan.run_dir).rows.values())
     print(f"\nsearch {plan.name} {state} after {time.time() - stages['started']:.0f}s: "
           f"{len(rows)} of {len(plan.widths) * plan.trials_per_width} trials recorded")
     print(f"{'width':>5} {'best λ':>8} {'val rob':>8} {'val nat':>8} {'val stab':>8} "
           f"{'test rob':>8} {'test strong':>11} {'test nat':>8} {'test stab':>9}  completed/early-stopped/failed")
-    for width in plan.widths:
-        width_rows = store.for_width(width)
-        counts = "/".join(str(sum(r["status"] == s for r in width_rows)) for s in STATUSES)
-        best = best_trial(width_rows)
+    for summary in best_by_width(rows, evaluations, plan.widths):
+        best, counts = summary.best, "/".join(map(str, summary.counts))
         if best is None:
-            print(f"{width:>5} {'-':>8} {'(no completed trial)':>56}  {counts}")
+            print(f"{summary.width:>5} {'-':>8} {'(no completed trial)':>56}  {counts}")
             continue
-        strong = best_on_test(rows, evaluations, width)
-        strong_text = "-" if strong is None else f"{strong['strong_robust_acc']:.3f}"
-        print(f"{width:>5} {best['lam']:>8.3g} {best['val_robust_acc']:>8.3f} {best['val_natural_acc']:>8.3f} "
+        strong_text = "-" if summary.strong is None else f"{summary.strong['strong_robust_acc']:.3f}"
+        print(f"{summary.width:>5} {best['lam']:>8.3g} {best['val_robust_acc']:>8.3f} {best['val_natural_acc']:>8.3f} "
               f"{best['val_stability']:>8.3f} {best['test_robust_acc']:>8.3f} {strong_text:>11} "
               f"{best['test_natural_acc']:>8.3f} {best['test_stability']:>9.3f}  {counts}")
     print(f"test rob: PGD-20 on the whole test split; test strong: suite {plan.evaluation.suite} (worst case per "

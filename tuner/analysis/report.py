@@ -18,7 +18,7 @@ from typing import Any
 
 from tuner.analysis.scaling import conclusion_with_a, number, prediction_text, width_cells
 from tuner.files import write_text_atomically
-from tuner.outputs.results import STATUSES, EvaluationStore, ResultsStore, best_on_test, best_trial, read_record
+from tuner.outputs.results import EvaluationStore, ResultsStore, best_by_width, read_record
 
 REPORT_FILE = "report.html"
 STYLE = """
@@ -75,20 +75,15 @@ def run_record(run_dir: Path) -> dict[str, Any]:
 
 def best_rows(run_dir: Path) -> list[list[str]]:
     """The best-trial table's rows of one run directory."""
-    store = ResultsStore(run_dir)
-    rows = list(store.trials.values())
-    evaluations = list(EvaluationStore(run_dir).rows.values())
+    rows = list(ResultsStore(run_dir).trials.values())
     body = []
-    for width in sorted({r["width"] for r in rows}):
-        width_rows = store.for_width(width)
-        counts = " / ".join(str(sum(r["status"] == s for r in width_rows)) for s in STATUSES)
-        best = best_trial(width_rows)
+    for summary in best_by_width(rows, list(EvaluationStore(run_dir).rows.values())):
+        best, strong, counts = summary.best, summary.strong, " / ".join(map(str, summary.counts))
         if best is None:
-            body.append([str(width)] + ["–"] * (len(BEST_HEADER) - 2) + [counts])
+            body.append([str(summary.width)] + ["–"] * (len(BEST_HEADER) - 2) + [counts])
             continue
-        strong = best_on_test(rows, evaluations, width)
-        body.append([str(width), number(best["lam"]), *(accuracy(best[k]) for k in ("val_robust_acc", "val_natural_acc",
-                                                                                    "val_stability", "test_robust_acc")),
+        body.append([str(summary.width), number(best["lam"]), *(accuracy(best[k]) for k in (
+                     "val_robust_acc", "val_natural_acc", "val_stability", "test_robust_acc")),
                      "–" if strong is None else f"{accuracy(strong['strong_robust_acc'])} ({strong['suite']})",
                      accuracy(best["test_natural_acc"]), counts])
     return body

@@ -8,6 +8,8 @@ Ray trial id: a trial recorded again (a resume) replaces its earlier rows instea
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +102,28 @@ def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max((r for r in rows if r["status"] == "completed"), key=lambda r: r["val_robust_acc"], default=None)
 
 
-def best_on_test(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]], width: int) -> dict[str, Any] | None:
-    """The strong evaluation on test of a width's best trial, if there is one."""
-    best = best_trial([r for r in rows if r["width"] == width])
-    if best is None:
-        return None
-    return next((e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
+@dataclass(frozen=True)
+class WidthBest:
+    """A width's trial counts by status, its best completed trial, and that trial's strong evaluation on test."""
+
+    width: int
+    counts: tuple[int, ...]  # per STATUSES
+    best: dict[str, Any] | None
+    strong: dict[str, Any] | None
+
+
+def best_by_width(rows: list[dict[str, Any]], evaluations: list[dict[str, Any]],
+                  widths: Iterable[int] | None = None) -> list[WidthBest]:
+    """The per-width summary a search ends with (and report.html shows), for `widths` (default: those in `rows`)."""
+    summaries = []
+    for width in sorted({r["width"] for r in rows}) if widths is None else widths:
+        width_rows = [r for r in rows if r["width"] == width]
+        best = best_trial(width_rows)
+        strong = None if best is None else next(
+            (e for e in evaluations if e["trial_id"] == best["trial_id"] and e["split"] == "test"), None)
+        summaries.append(WidthBest(width, tuple(sum(r["status"] == s for r in width_rows) for s in STATUSES),
+                                   best, strong))
+    return summaries
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
