@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torchvision.io import write_png
 
 from tests.conftest import CIFAR10_SUBSET
+from tuner.core import data
 from tuner.core.data import CROP_PADDING, Split, batches, load_dataset, random_crop_flip
 from tuner.errors import ConfigError
 
@@ -25,6 +29,33 @@ def test_digits_in_pixel_range_with_disjoint_fixed_splits(digits):
     other = load_dataset("digits", val_fraction=0.2, split_seed=1)
     assert not torch.equal(other.val.images, digits.val.images)
     assert torch.equal(other.test.images, digits.test.images), "the test split must not depend on the val seed"
+
+
+def digit_rows(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, ...]]:
+    """Each example as (its 64 pixels in 0..16, its label), in sorted order."""
+    table = torch.cat([(images.flatten(1) * 16).round(), labels[:, None].to(images.dtype)], dim=1)
+    return sorted(map(tuple, table.tolist()))
+
+
+@pytest.mark.parametrize("bundled_csv_found", [True, False])
+def test_digits_are_scikit_learns_own_examples(bundled_csv_found, monkeypatch):
+    from sklearn.datasets import load_digits
+
+    if not bundled_csv_found:  # a scikit-learn that keeps its data elsewhere: load_digits itself is used
+        monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    train, test, num_classes = data.DATASETS.get("digits")(data_dir=None, download=False)
+    bunch = load_digits()
+    expected = digit_rows(torch.tensor(bunch.images, dtype=torch.float32) / 16, torch.tensor(bunch.target))
+    assert num_classes == 10
+    assert digit_rows(torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels])) == expected
+
+
+def test_loading_the_digits_does_not_import_scikit_learn():
+    """Every fresh trial and evaluation worker loads the digits: importing scikit-learn would cost each about 1 s."""
+    code = ("import sys; from tuner.core.data import load_dataset; load_dataset('digits', val_fraction=0.2, "
+            "split_seed=0); print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_sharded_batches_cover_the_split_exactly_once(digits):
