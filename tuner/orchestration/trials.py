@@ -6,8 +6,7 @@ width and asks that width's Optuna study (`<name>-w<width>`, in the run's journa
 following the budget design of `tuner.orchestration.design`; its scheduler applies ASHA's rule
 within each width. A trial stopped early is told to Optuna as PRUNED (its per-epoch values stay
 as intermediate values), never as COMPLETE with a low-epoch value that would mislead the sampler.
-A trial of one worker trains in the Tune trial's own process; a trial of several runs them with
-Ray Train (`data_parallel`).
+What a trial runs in its worker process is `tuner.orchestration.trainable`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import datetime
 import pickle
 import signal
 import threading
-import time
 import urllib.parse
 import warnings
 from collections import Counter
@@ -30,65 +28,24 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from tuner import cli
-from tuner.core.config import TrialConfig
 from tuner.core.training import select_epoch
 from tuner.errors import ConfigError
-from tuner.orchestration.data_parallel import run_data_parallel
 from tuner.orchestration.design import Budget, Proposal, Proposer, Rungs
 from tuner.orchestration.evaluation import StrongEvaluations, selected_checkpoint
 from tuner.orchestration.progress import Console, Progress
-from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, NOTE, OBJECTIVE, run_reported
+from tuner.orchestration.trainable import TrialRequest, rwt_trial
+from tuner.orchestration.worker import CONFIG_ERROR, FINISHED, METRIC, NOTE, OBJECTIVE
 from tuner.outputs.results import SELECTED_METRICS, TEST_METRICS, EvaluationStore, ResultsStore, best_trial
 from tuner.outputs.tracking import Tracker
-from tuner.plan import SearchPlan, TrialResources, trial_name
+from tuner.plan import SearchPlan, trial_name
 
 EXPERIMENT = "search"  # the Tune experiment's folder under the plan's Tune storage
-# A data-parallel trial's Tune process only waits for its workers, which Ray Train places with
-# the trial's CPUs and GPUs: it reserves memory for itself, no CPU a worker could be waiting for.
-DATA_PARALLEL_DRIVER = {"cpu": 0, "memory": 512 * 2**20}
-
-
-def rwt_trial(config: dict[str, Any], *, bases: dict[int, dict[str, Any]], resources: dict[int, TrialResources],
-                   storage: str, recorded: frozenset[str] = frozenset()) -> None:
-    """One Tune trial: the core trial of `config`'s width, λ and seed, resuming from its checkpoint if any.
-
-    A trial already in the results (`recorded`) returns at once: the driver was killed after
-    recording it but before Tune's experiment state said it had finished.
-    """
-    trial_id = tune.get_context().get_trial_id()
-    if trial_id in recorded:
-        return
-    width = config["width"]
-    trial = TrialConfig.from_dict({**bases[width], "lam": config["lam"], "seed": config["seed"]})
-    started_at = time.time()
-    if resources[width].workers > 1:
-        run_data_parallel(trial, resources=resources[width], storage=storage, name=trial_id, started_at=started_at)
-        return
-
-    def report(metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        checkpoint = None if checkpoint_dir is None else tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report(metrics, checkpoint=checkpoint)
-
-    print(f"trial {trial_name(width, trial.lam, trial.seed, trial_id)}: width {width}, λ={trial.lam:g}, seed {trial.seed}")
-    run_reported(trial, checkpoint=tune.get_checkpoint(), report=report, started_at=started_at)
-
-
-class TrialRequest:
-    """What Tune reserves for a trial, by its width (a picklable function of the trial's config)."""
-
-    def __init__(self, resources: dict[int, TrialResources]) -> None:
-        self.resources = resources
-
-    def __call__(self, config: dict[str, Any]) -> tune.PlacementGroupFactory:
-        r = self.resources[config["width"]]
-        return resource_dict_to_pg_factory({"cpu": r.cpus, "gpu": r.gpus} if r.workers == 1 else DATA_PARALLEL_DRIVER)
 
 
 def tune_trial_name(trial: Any) -> str:
@@ -251,7 +208,8 @@ class TrialConfigError(ConfigError):
 
 
 class ResultsCallback(tune.Callback):
-    """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it.
+    """Logs each epoch to MLflow; writes each finished trial to Parquet at once and prints one line for it; asks for
+    a width's strong evaluations once its trials are done and records each as it finishes.
 
     It also notices a Ctrl-C (Tune ends the run on it; the search must then stop, not go on) and a
     trial that reports bad input (the search stops with that one line instead of retrying).
@@ -314,6 +272,9 @@ class ResultsCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._record(trial, "error")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.evaluations.collect(block=False)  # those done while trials run: recorded now, their slots reused
 
     def _record(self, trial: Any, status: str, *, error: str | None = None) -> None:
         store = ResultsStore(self.plan.run_dir)
@@ -400,7 +361,8 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress
                 callbacks=callbacks,
             ),
         )
-    evaluations = StrongEvaluations(plan, EvaluationStore(plan.run_dir))
+    evaluations = StrongEvaluations(plan, EvaluationStore(plan.run_dir), warn=console.line,
+                                    on_row=lambda request, row: tracker.log_evaluation(request.row, row))
     (results,) = [c for c in callbacks if isinstance(c, ResultsCallback)]
     results.attach(tracker=tracker, console=console, evaluations=evaluations)
     for callback in callbacks:
@@ -418,10 +380,10 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress
     rows = list(store.trials.values())
     for width in plan.widths:
         evaluations.width_done(width, rows)  # those done before a resume, or whose last trial ended the run
-    if evaluations.pending:
-        console.line(f"waiting for {cli.plural(len(evaluations.pending), 'strong evaluation')} "
+    if evaluations.outstanding:
+        console.line(f"waiting for {cli.plural(evaluations.outstanding, 'strong evaluation')} "
                      f"({plan.evaluation.suite} suite)")
-    evaluations.collect(on_row=lambda request, row: tracker.log_evaluation(request.row, row), warn=console.line)
+    evaluations.collect()
     for width in plan.widths:
         best = best_trial(store.for_width(width))
         tracker.finish_width(width, best, None if best is None else selected_checkpoint(best, plan.run_dir))
