@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 
@@ -30,8 +31,11 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         code = main(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        code = USAGE_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        code = INTERRUPTED
+    # The interpreter's final garbage collections would walk every object torch, Ray and MLflow
+    # created (2-3 s after a search); frozen objects are skipped, and the process ends anyway.
+    gc.freeze()
     sys.exit(code or 0)

@@ -15,8 +15,10 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +33,8 @@ from tuner.outputs import tracking
 from tuner.outputs.results import (EPOCHS_FILE, EVALUATION_FILE, SEARCH_FILE, STATUSES, TRIALS_FILE, EvaluationStore,
                                    ResultsStore, best_by_width, read_record)
 
+if TYPE_CHECKING:
+    from tuner.orchestration.resume import Reconciled
 
 
 def build_parser() -> cli.Parser:
@@ -97,23 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         # Trial workers at the driver's priority: Ray starts them at nice 15 by default, so on a laptop
         # or a shared node any other busy process starved the trials (a search slowed about 9×).
         os.environ.setdefault("RAY_worker_niceness", "0")
-    from tuner.orchestration import cluster, resume  # imports Ray: only once the input is known to be good
-    from tuner.orchestration.trials import TrialConfigError, run_search
-
+    from tuner.orchestration import cluster  # imports Ray: only once the input is known to be good
     from tuner.orchestration.progress import Console
 
     console = Console()
-    reconciled = resume.reconcile(plan, echo=console.line) if args.resume else None
-    tracker = tracking.Tracker(tracking_uri, plan, echo=console.line)
-    if reconciled is not None:
-        tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs,
-                         list(EvaluationStore(plan.run_dir).rows.values()))
-        tracker.close_orphans(reconciled.keep)
-    dashboard = cluster.connect(args.address, tracking_uri=tracking_uri)
+    reconciled = None
+    if args.resume:
+        from tuner.orchestration import resume
+
+        reconciled = resume.reconcile(plan, echo=console.line)
+    # MLflow's store opens (a new store creates its tables: 1.5 s) while Ray starts (3-4 s)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-open") as setup:
+        tracker_opened = setup.submit(open_tracker, tracking_uri, plan, reconciled, echo=console.line)
+        ray_connection = cluster.connect(args.address, tracking_uri=tracking_uri,
+                                         local=starts_local_ray(args.address))
+        tracker = tracker_opened.result()
     stages["ray"] = time.time()
+    from tuner.orchestration.trials import TrialConfigError, run_search
+
     print(cluster.describe_capacity(plan))
-    if dashboard:
-        print(f"ray dashboard: {dashboard}")
+    if ray_connection.dashboard:
+        print(f"ray dashboard: {ray_connection.dashboard}")
     warn_about_cluster_storage(plan, tracking_uri, cluster.node_count())
 
     print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
@@ -128,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         report_unlogged(tracker.close("KILLED"))
         print(f"continue it with: python -m tuner.search --resume --out {plan.run_dir.parent} --name {plan.name}")
         return cli.INTERRUPTED
+    ray_closed = ray_connection.close_in_background()  # Ray's work is done: it stops while the driver fits
+    try:
+        return finish(plan, record, tracker, predict=predict)
+    finally:
+        ray_closed.join()
+
+
+def finish(plan: SearchPlan, record: dict[str, Any], tracker: tracking.Tracker, *, predict: list[int]) -> int:
+    """After the trials: the summary, the fit and report.html, the MLflow files; the search's exit status."""
+    stages, tracking_uri = record["stages"], record["tracking_uri"]
     print_summary(plan, stages, tracking_uri, state="finished")
     rows = list(ResultsStore(plan.run_dir).trials.values())
     if not any(row["status"] == "completed" for row in rows):
@@ -150,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     stages["finished"] = time.time()
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))
     return 0
+
+
+def open_tracker(tracking_uri: str, plan: SearchPlan, reconciled: Reconciled | None, *, echo: Callable[[str], None]) -> tracking.Tracker:
+    """The search's MLflow runs; a resumed search's (`reconciled`) catch up with its results and close its orphans."""
+    tracker = tracking.Tracker(tracking_uri, plan, echo=echo)
+    if reconciled is not None:
+        tracker.catch_up(list(reconciled.store.trials.values()), reconciled.store.epochs,
+                         list(EvaluationStore(plan.run_dir).rows.values()))
+        tracker.close_orphans(reconciled.keep)
+    return tracker
 
 
 def create_run_dir(plan: SearchPlan, record: dict[str, Any]) -> None:
