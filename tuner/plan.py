@@ -168,6 +168,11 @@ class SearchPlan:
             return fits
         return self.concurrency if resources.workers == 1 else min(fits, self.concurrency)
 
+    def evaluations_at_once(self, cluster: dict[str, float]) -> int:
+        """Strong evaluations at once on `cluster` (at least 1): each takes one worker of a trial of its width."""
+        workers = [TrialResources(1, r.per_worker["CPU"], r.per_worker["GPU"]) for r in self.resources.values()]
+        return max(1, *(worker.trials_at_once(cluster) for worker in workers))
+
     def check_fits(self, machine: dict[str, float]) -> None:
         """Fail in one line if a trial of some width can never run on `machine` (a local Ray's resources)."""
         for width, resources in self.resources.items():

@@ -9,7 +9,8 @@ import pytest
 from tuner.core.data import load_dataset
 from tuner.errors import ConfigError
 from tuner.analysis.ranking import ranking_check
-from tuner.orchestration.evaluation import Request, choose, width_requests
+from tuner.orchestration.evaluation import Request, StrongEvaluations, choose, width_requests
+from tuner.outputs.results import EvaluationStore
 from tuner.plan import build_plan
 from tuner.presets import load_preset
 
@@ -80,3 +81,39 @@ def test_a_width_gets_its_best_trials_on_test_and_its_top_trials_on_validation_f
     lone = [trial("g", 8, 1.0, 0.5)]
     assert [(r.row["trial_id"], r.split) for r in width_requests(quick_plan(), lone, 8)] == [("g", "test")], \
         "one trial: no ranking to check"
+
+
+class Recorded(StrongEvaluations):
+    """StrongEvaluations on a cluster that runs two at once, recording what it hands Ray instead of starting it."""
+
+    def __init__(self, plan, store) -> None:
+        super().__init__(plan, store, on_row=lambda request, row: None, warn=print)
+        self.handed: list[tuple[str, int, str]] = []
+
+    def slots(self) -> int:
+        return 2
+
+    def submit(self, request: Request) -> tuple[str, str]:
+        self.handed.append((request.row["trial_id"], request.row["width"], request.split))
+        return request.row["trial_id"], request.split
+
+
+def test_evaluations_go_costliest_first_so_the_last_to_finish_are_short(tmp_path):
+    """Widths finish narrowest first (their trials are quicker); an early width's evaluations must not hold the
+    cluster's last minutes while a wide width's wait behind them."""
+    plan = quick_plan()
+    rows = ROWS + [trial("w", 10, 2.0, 0.8), trial("x", 10, 6.0, 0.82), trial("y", 10, 18.0, 0.81)]
+    evaluations = Recorded(plan, EvaluationStore(tmp_path))
+    evaluations.width_done(1, rows)
+    assert evaluations.handed == [("b", 1, "test"), ("b", 1, "val")], "the cluster's two slots: width 1's costliest"
+    evaluations.width_done(4, rows)
+    evaluations.width_done(10, rows)
+    assert len(evaluations.handed) == 2 and evaluations.outstanding == 4 + 3 + 4
+    while evaluations.pending:  # the evaluations finish in turn, each freeing its slot (as collect sees them)
+        del evaluations.pending[next(iter(evaluations.pending))]
+        evaluations.hand_over()
+    widths = [width for _, width, _ in evaluations.handed[2:]]
+    assert widths == [10] * 4 + [4] * 3 + [1] * 2
+    assert evaluations.handed[2] == ("x", 10, "test"), "the widest width's test split (the most examples) first"
+    evaluations.width_done(10, rows)
+    assert evaluations.outstanding == 0, "a width's evaluations are asked for once"

@@ -20,7 +20,6 @@ from typing import Any
 
 import ray
 import torch
-from ray import tune
 
 from tuner.analysis.ranking import ranked
 from tuner.core.data import Split, batches, load_dataset
@@ -59,6 +58,8 @@ def selected_checkpoint(row: dict[str, Any], run_dir: Path) -> Path | None:
         return Path(row["checkpoint"]) / BEST
     local = Path(run_dir) / "best" / row["trial_id"]
     if not (local / BEST).exists():
+        from ray import tune  # only here: Tune costs a fresh evaluation worker 0.7 s to import
+
         tune.Checkpoint(row["checkpoint"]).to_directory(str(local))
     return local / BEST
 
@@ -122,38 +123,69 @@ def width_requests(plan: SearchPlan, rows: list[dict[str, Any]], width: int) -> 
 
 
 class StrongEvaluations:
-    """The search's strong evaluations: Ray tasks submitted as each width's trials are all done, collected at the end.
+    """The search's strong evaluations: Ray tasks asked for as each width's trials are all done, each recorded as it
+    finishes (also while trials still run: `collect(block=False)` after each of Tune's steps).
 
     Each task takes the resources of one worker of a trial of its width (its GPU on a GPU cluster),
-    so evaluations wait for room as trials do and never slow a running trial down.
+    so evaluations wait for room as trials do and never slow a running trial down. Ray gets no more
+    of them at a time than the cluster runs side by side; the rest wait here and go costliest first
+    (widest model, then most examples), so the evaluations that end a search are short ones even
+    though the widest width, whose trials are the slowest, usually finishes last.
     """
 
-    def __init__(self, plan: SearchPlan, store: EvaluationStore) -> None:
-        self.plan, self.store = plan, store
-        self.pending: dict[Any, Request] = {}  # Ray object ref → request
+    def __init__(self, plan: SearchPlan, store: EvaluationStore, *,
+                 on_row: Callable[[Request, dict[str, Any]], None], warn: Callable[[str], None]) -> None:
+        self.plan, self.store, self.on_row, self.warn = plan, store, on_row, warn
+        self.waiting: list[Request] = []  # costliest first (equal costs: in the order asked)
+        self.pending: dict[Any, Request] = {}  # handed to Ray: object ref → request
         self.submitted: set[int] = set()
 
+    @property
+    def outstanding(self) -> int:
+        """Evaluations asked for and not collected yet."""
+        return len(self.waiting) + len(self.pending)
+
     def width_done(self, width: int, rows: list[dict[str, Any]]) -> None:
-        """Submit what the search evaluates for `width`, unless it is in evaluation.parquet already."""
+        """Ask for what the search evaluates for `width`, unless it is in evaluation.parquet already."""
         if width in self.submitted:
             return
         self.submitted.add(width)
-        worker = self.plan.resources[width].per_worker
-        task = ray.remote(evaluate).options(num_cpus=worker["CPU"], num_gpus=worker["GPU"])
-        for request in width_requests(self.plan, rows, width):
-            if not self.store.has(request.key(self.plan)):
-                self.pending[task.remote(self.plan, request)] = request
+        self.waiting += [request for request in width_requests(self.plan, rows, width)
+                         if not self.store.has(request.key(self.plan))]
+        self.waiting.sort(key=lambda request: (request.row["width"], request.key(self.plan)[3]), reverse=True)
+        self.hand_over()
 
-    def collect(self, *, on_row: Callable[[Request, dict[str, Any]], None], warn: Callable[[str], None]) -> None:
-        """Wait for every submitted evaluation, record each as it arrives; a failed one is a warning, not an error."""
+    def hand_over(self) -> None:
+        """Hand Ray the costliest waiting evaluations while it has fewer than the cluster runs at once."""
+        while self.waiting and len(self.pending) < self.slots():
+            request = self.waiting.pop(0)
+            self.pending[self.submit(request)] = request
+
+    def slots(self) -> int:
+        """How many evaluations the cluster runs side by side (asked each time: an autoscaling cluster grows)."""
+        return self.plan.evaluations_at_once(ray.cluster_resources())
+
+    def submit(self, request: Request) -> Any:
+        """Start one evaluation as a Ray task; returns its object ref."""
+        worker = self.plan.resources[request.row["width"]].per_worker
+        task = ray.remote(evaluate).options(num_cpus=worker["CPU"], num_gpus=worker["GPU"])
+        return task.remote(self.plan, request)
+
+    def collect(self, *, block: bool = True) -> None:
+        """Record each finished evaluation (a failed one is a warning, not an error) and hand Ray the next; with
+        `block`, until every evaluation asked for is done, else only those finished already."""
         while self.pending:
-            (ref,), _ = ray.wait(list(self.pending), num_returns=1)
-            request = self.pending.pop(ref)
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=None if block else 0)
+            if not ready:
+                return
+            request = self.pending.pop(ready[0])
+            self.hand_over()
             try:
-                row = ray.get(ref)
+                row = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - one evaluation failing must not lose the search
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-                warn(f"warning: strong evaluation of trial {request.row['trial_id']} on {request.split} failed: {reason}")
+                self.warn(f"warning: strong evaluation of trial {request.row['trial_id']} on {request.split} failed: "
+                          f"{reason}")
                 continue
             self.store.record(row)
-            on_row(request, row)
+            self.on_row(request, row)
