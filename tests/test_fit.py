@@ -1,4 +1,4 @@
-"""`python -m tuner.fit` and fit_runs: files written, figures that decode, the printed conclusion, bad input."""
+"""`python -m tuner.fit`, fit_runs and its halves (draw_fit, write_scaling): files, figures, conclusion, bad input."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from matplotlib.image import imread
 from tests.analysis.synthetic import WIDTHS, synthetic_rows, write_trials
 from tests.helpers import assert_usage_error, run_command
 from tuner.analysis import plots
+from tuner.analysis.ranking import ranked
 from tuner.errors import ConfigError
-from tuner.fit import fit_runs
-from tuner.outputs.results import TRIAL_SCHEMA
+from tuner.fit import SCALING_FILE, draw_fit, fit_runs, write_scaling
+from tuner.outputs.results import TRIAL_SCHEMA, EvaluationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,27 @@ def test_fit_runs_pools_run_dirs_and_writes_scaling_json_and_figures(tmp_path):
     text = "\n".join(report.summary_lines())
     assert scaling["conclusion"] in text and "recommended λ for width 15" in text
     assert not re.search(r"\d[eE][-+]?\d", text), text
+
+
+def test_a_drawn_fit_writes_scaling_json_with_the_strong_evaluations_finished_after_it(tmp_path):
+    """The search draws the fit while its last strong evaluations run: their ranking check must still reach
+    scaling.json, which write_scaling writes afterwards."""
+    rows = [{**row, "checkpoint": f"/ckpt/{row['trial_id']}"} for row in synthetic_rows(6, n=12)]  # evaluable
+    run = write_trials(tmp_path / "run", rows)
+    drawn = draw_fit([run])
+    assert set(drawn.files) == set(plots.file_names()) and not (run / SCALING_FILE).exists()
+    top = ranked(rows, WIDTHS[0])[:2]
+    store = EvaluationStore(run)
+    for row, strong in zip(top, (0.30, 0.50)):  # under the suite the second beats the first, far beyond noise
+        store.record({**{k: row[k] for k in ("trial_id", "width", "lam", "seed")}, "split": "val", "suite": "fast",
+                      "epsilon": 0.1, "examples": 300, "natural_acc": 0.9, "pgd_robust_acc": 0.6,
+                      "strong_robust_acc": strong, "broken": {}, "seconds": 1.0, "evaluated_at": None})
+    written = write_scaling(drawn)
+    scaling = json.loads((run / SCALING_FILE).read_text())
+    assert scaling == json.loads(json.dumps(written.scaling))
+    assert [(c["width"], c["changed"]) for c in scaling["ranking_check"]] == [(WIDTHS[0], True)]
+    assert set(written.files) == {SCALING_FILE, *plots.file_names()}
+    assert {k: v for k, v in scaling.items() if k != "ranking_check"} == json.loads(json.dumps(drawn.scaling))
 
 
 def test_command_prints_the_conclusion_and_the_recommendations(tmp_path):

@@ -6,10 +6,13 @@ Reads `trials.parquet` of each RUN_DIR (the same width in several runs pools its
 `scaling.json`, three figures and one figure per width (PNG and SVG) and `report.html` to --out
 (default: the first RUN_DIR) and prints the conclusion, the per-width table and the recommendations.
 
-From code (the search): `fit_runs(run_dirs, out_dir=..., predict=[15, 20])` writes the files and
-returns a FitReport (`.scaling` = scaling.json, `.files`, `.width_files`, `.summary_lines()`); it
-raises ConfigError when there is nothing to fit (e.g. a single width), and then `plot_widths`
-draws the widths' trials without fitted curves. `write_report` writes report.html either way. The
+From code: `fit_runs(run_dirs, out_dir=..., predict=[15, 20])` writes the files and returns a
+FitReport (`.scaling` = scaling.json, `.files`, `.width_files`, `.summary_lines()`); it is
+`draw_fit` (the fit and its figures, which need only the trials: the search draws them while its
+last strong evaluations run) then `write_scaling` (scaling.json, with the ranking check of the
+strong evaluations). Both raise ConfigError when there is nothing to fit (e.g. a single width),
+and then `plot_widths` draws the widths' trials without fitted curves. `write_report` writes
+report.html either way. The
 estimator is `tuner.analysis.surface`, its wording `tuner.analysis.scaling`, the figures
 `tuner.analysis.plots`, the report `tuner.analysis.report`.
 """
@@ -34,11 +37,12 @@ SCALING_FILE = "scaling.json"
 
 @dataclasses.dataclass(frozen=True)
 class FitReport:
-    """What fit_runs wrote: the scaling.json content, the files by name, and the fit itself."""
+    """A fit drawn (draw_fit) or written (fit_runs): the scaling.json content, its files by name, the fit itself."""
 
     scaling: dict[str, Any]
     files: dict[str, Path]  # "scaling.json" and each figure's file name → its path
     fit: Scaling = dataclasses.field(repr=False)
+    out_dir: Path
     width_files: dict[int, dict[str, Path]] = dataclasses.field(default_factory=dict)  # width → its figure's files
 
     def summary_lines(self) -> list[str]:
@@ -84,23 +88,35 @@ def fit_runs(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: 
     out_dir defaults to the first run directory. The fit is deterministic (profile-likelihood
     intervals, no resampling). Raises ConfigError for input the fit cannot use.
     """
+    return write_scaling(draw_fit(run_dirs, out_dir=out_dir, predict=predict, plots=plots))
+
+
+def draw_fit(run_dirs: Sequence[Path], *, out_dir: Path | None = None, predict: Sequence[int] = (),
+             plots: bool = True) -> FitReport:
+    """All of fit_runs but scaling.json, whose ranking check reads the runs' strong evaluations: the fit and its
+    figures, which need only the trials (a search draws them while its last strong evaluations run)."""
     if not run_dirs:
         raise ConfigError("no run directory given: pass the run directory of a search (runs/<name>)")
     trials = load_trials(run_dirs)
     scaling = fit_trials(trials, predict=predict)
     out_dir = Path(run_dirs[0] if out_dir is None else out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods),
-               "ranking_check": ranking_checks(run_dirs)}
-    files = {SCALING_FILE: out_dir / SCALING_FILE}
-    write_text_atomically(files[SCALING_FILE], json.dumps(content, indent=2, ensure_ascii=False) + "\n")
-    width_files = {}
+    content = {**scaling.content, "run_dirs": [str(Path(d)) for d in run_dirs], "methods": list(trials.methods)}
+    files, width_files = {}, {}
     if plots:
         from tuner.analysis import plots as plotting  # matplotlib only when plotting
 
         files.update(plotting.write_plots(scaling, out_dir))
         width_files = plotting.write_width_plots(trials, out_dir, scaling.fit)
-    return FitReport(scaling=content, files=files, fit=scaling, width_files=width_files)
+    return FitReport(scaling=content, files=files, fit=scaling, out_dir=out_dir, width_files=width_files)
+
+
+def write_scaling(drawn: FitReport) -> FitReport:
+    """scaling.json for a drawn fit, with the ranking check of its runs' strong evaluations as they are now."""
+    content = {**drawn.scaling, "ranking_check": ranking_checks([Path(d) for d in drawn.scaling["run_dirs"]])}
+    path = drawn.out_dir / SCALING_FILE
+    write_text_atomically(path, json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    return dataclasses.replace(drawn, scaling=content, files={SCALING_FILE: path, **drawn.files})
 
 
 def plot_widths(run_dirs: Sequence[Path], *, out_dir: Path) -> dict[int, dict[str, Path]]:

@@ -8,6 +8,7 @@ finishes) → per-width summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"studies {', '.join(plan.study_name(width) for width in plan.widths)} in {plan.optuna_storage}")
     try:
-        outcome = run_search(plan, tracker=tracker, console=console, progress_every=args.progress_every)
+        outcome = run_search(plan, tracker=tracker, console=console, progress_every=args.progress_every,
+                             after_trials=functools.partial(draw_scaling_rule, plan, predict))
     except TrialConfigError:
         report_unlogged(tracker.close("FAILED"))
         raise
@@ -136,19 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         report_unlogged(tracker.close("KILLED"))
         print(f"continue it with: python -m tuner.search --resume --out {plan.run_dir.parent} --name {plan.name}")
         return cli.INTERRUPTED
-    ray_closed = ray_connection.close_in_background()  # Ray's work is done: it stops while the driver fits
+    ray_closed = ray_connection.close_in_background()  # Ray's work is done: it stops while the driver finishes
     try:
-        return finish(plan, record, tracker, predict=predict)
+        return finish(plan, record, tracker, drawn=outcome.after_trials)
     finally:
         ray_closed.join()
 
 
-def finish(plan: SearchPlan, record: dict[str, Any], tracker: tracking.Tracker, *, predict: list[int]) -> int:
-    """After the trials: the summary, the fit and report.html, the MLflow files; the search's exit status."""
+def finish(plan: SearchPlan, record: dict[str, Any], tracker: tracking.Tracker, *, drawn: Drawn | None) -> int:
+    """After the trials: the summary, the scaling rule and report.html, the MLflow files; the search's exit status."""
     stages, tracking_uri = record["stages"], record["tracking_uri"]
     print_summary(plan, stages, tracking_uri, state="finished")
     rows = list(ResultsStore(plan.run_dir).trials.values())
-    if not any(row["status"] == "completed" for row in rows):
+    if drawn is None:  # nothing to draw: no trial completed
         errors = [row["error"] for row in rows if row.get("error")]
         print(f"error: no trial completed ({len(rows)} trial(s): " + ", ".join(
             f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES) + ")"
@@ -159,7 +162,7 @@ def finish(plan: SearchPlan, record: dict[str, Any], tracker: tracking.Tracker, 
     tracker.flush()  # every trial run exists now: the flat view lists them all
     record["mlflow"] = tracker.views()
     write_text_atomically(plan.run_dir / SEARCH_FILE, json.dumps(record, indent=2))  # the report reads it
-    report = fit_scaling_rule(plan, tracker, predict)
+    report = fit_scaling_rule(plan, tracker, drawn)
     tracker.log_files([report])
     print(f"report:  {report}")
     print(f"mlflow runs (nested search → width → trial): {record['mlflow']['runs_url']}")
@@ -170,7 +173,8 @@ def finish(plan: SearchPlan, record: dict[str, Any], tracker: tracking.Tracker, 
     return 0
 
 
-def open_tracker(tracking_uri: str, plan: SearchPlan, reconciled: Reconciled | None, *, echo: Callable[[str], None]) -> tracking.Tracker:
+def open_tracker(tracking_uri: str, plan: SearchPlan, reconciled: Reconciled | None, *,
+                 echo: Callable[[str], None]) -> tracking.Tracker:
     """The search's MLflow runs; a resumed search's (`reconciled`) catch up with its results and close its orphans."""
     tracker = tracking.Tracker(tracking_uri, plan, echo=echo)
     if reconciled is not None:
@@ -218,29 +222,46 @@ def report_unlogged(failures: tracking.Failures) -> None:
               f"python -m tuner.search --resume logs them from the Parquet results")
 
 
-def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, predict: list[int]) -> Path:
-    """The final stage: fit λ*(width), print the rule, draw each width's trials, write report.html; log the fit's
-    files and coefficients to the search's MLflow run and each width's figure to its run. Returns the report's path.
+@dataclass(frozen=True)
+class Drawn:
+    """The scaling fit and its figures (no scaling.json yet), or why there is no fit and each width's figure."""
 
-    When there is nothing to fit, files left by an earlier fit of this run are removed: they would
-    describe other data.
-    """
+    fitted: fit.FitReport | None
+    not_fitted: str | None
+    width_files: dict[int, dict[str, Path]]
+
+
+def draw_scaling_rule(plan: SearchPlan, predict: list[int]) -> Drawn | None:
+    """Fit λ*(width) and draw the figures: what needs only the trials, so the search does it while its last strong
+    evaluations run. None when no trial completed. When there is nothing to fit, files left by an earlier fit of
+    this run are removed (they would describe other data) and each width's trials are drawn without a curve."""
+    if not any(row["status"] == "completed" for row in ResultsStore(plan.run_dir).trials.values()):
+        return None
     try:
-        fitted = fit.fit_runs([plan.run_dir], predict=predict)
+        fitted = fit.draw_fit([plan.run_dir], predict=predict)
     except ConfigError as exc:  # e.g. a single width: the search itself succeeded
-        print(f"scaling rule: not fitted ({exc})")
         for stale in fit.output_files(plan.run_dir):
             stale.unlink(missing_ok=True)
-        fitted, not_fitted, width_files = None, str(exc), fit.plot_widths([plan.run_dir], out_dir=plan.run_dir)
+        return Drawn(None, str(exc), fit.plot_widths([plan.run_dir], out_dir=plan.run_dir))
+    return Drawn(fitted, None, fitted.width_files)
+
+
+def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, drawn: Drawn) -> Path:
+    """The final stage: scaling.json (with the strong evaluations' ranking check), the rule printed, report.html;
+    the fit's files and coefficients logged to the search's MLflow run and each width's figure to its run. Returns
+    the report's path."""
+    fitted = None
+    if drawn.fitted is None:
+        print(f"scaling rule: not fitted ({drawn.not_fitted})")
     else:
+        fitted = fit.write_scaling(drawn.fitted)
         print("\n".join(fitted.summary_lines()))
         tracker.log_files(list(fitted.files.values()))
         tracker.log_fit(a=fitted.scaling["a"], b=fitted.scaling["b"])
-        not_fitted, width_files = None, fitted.width_files
-    for width, files in width_files.items():
+    for width, files in drawn.width_files.items():
         tracker.log_files(list(files.values()), width=width)
-    return fit.write_report([plan.run_dir], out_dir=plan.run_dir, fitted=fitted, width_files=width_files,
-                            not_fitted=not_fitted)
+    return fit.write_report([plan.run_dir], out_dir=plan.run_dir, fitted=fitted, width_files=drawn.width_files,
+                            not_fitted=drawn.not_fitted)
 
 
 def make_plan(args: Any) -> SearchPlan:

@@ -18,6 +18,8 @@ import threading
 import urllib.parse
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,14 +318,19 @@ def identity(trial: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the Tune run ended: every trial done, or interrupted by Ctrl-C (then Tune's state is saved)."""
+    """How the Tune run ended: every trial done, or interrupted by Ctrl-C (then Tune's state is saved); what
+    `after_trials` returned."""
 
     interrupted: bool
+    after_trials: Any = None
 
 
-def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress_every: float = 30.0) -> Outcome:
+def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress_every: float = 30.0,
+               after_trials: Callable[[], Any] | None = None) -> Outcome:
     """Run (or, if its Tune experiment exists, resume) every width's study in one Tune run.
 
+    `after_trials` runs on a thread of its own once every trial is recorded, while the strong
+    evaluations finish (the search fits the scaling rule then: the fit needs only the trials).
     Raises TrialConfigError when a trial found bad input (the run is stopped, not retried).
     """
     experiment = f"{plan.tune_storage}/{EXPERIMENT}"
@@ -383,8 +390,10 @@ def run_search(plan: SearchPlan, *, tracker: Tracker, console: Console, progress
     if evaluations.outstanding:
         console.line(f"waiting for {cli.plural(evaluations.outstanding, 'strong evaluation')} "
                      f"({plan.evaluation.suite} suite)")
-    evaluations.collect()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="after-trials") as meanwhile:
+        after = meanwhile.submit(after_trials or (lambda: None))
+        evaluations.collect()
     for width in plan.widths:
         best = best_trial(store.for_width(width))
         tracker.finish_width(width, best, None if best is None else selected_checkpoint(best, plan.run_dir))
-    return Outcome(interrupted=False)
+    return Outcome(interrupted=False, after_trials=after.result())
