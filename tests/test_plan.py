@@ -22,6 +22,8 @@ def test_widths_are_sorted_positive_and_given_once():
             parse_widths(bad)
     with pytest.raises(ConfigError, match="width 4 more than once"):
         parse_widths("1,4,4")
+    with pytest.raises(ConfigError, match="--predict takes comma-separated positive integers"):
+        parse_widths("15,x", option="--predict")  # the widths to recommend λ for, read alike
 
 
 def test_data_dirs_are_made_absolute_in_the_driver():

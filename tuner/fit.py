@@ -31,6 +31,7 @@ from tuner.analysis.scaling import Scaling, conclusion_with_a, fit_trials, numbe
 from tuner.analysis.trials import load_trials
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
+from tuner.plan import parse_widths
 
 SCALING_FILE = "scaling.json"
 
@@ -136,17 +137,6 @@ def write_report(run_dirs: Sequence[Path], *, out_dir: Path, fitted: FitReport |
                                figures=figures, not_fitted=not_fitted)
 
 
-def parse_predict(text: str) -> list[int]:
-    """"15,20" → [15, 20]; each a positive integer width."""
-    try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        widths = []
-    if not widths or any(w <= 0 for w in widths):
-        raise ConfigError(f"--predict takes comma-separated positive integer widths like 15,20, got {text!r}")
-    return sorted(set(widths))
-
-
 def build_parser() -> cli.Parser:
     parser = cli.Parser(prog="python -m tuner.fit", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
@@ -159,7 +149,7 @@ def build_parser() -> cli.Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    predict = [] if args.predict is None else parse_predict(args.predict)
+    predict = [] if args.predict is None else parse_widths(args.predict, option="--predict")
     fitted = fit_runs(args.run_dirs, out_dir=args.out, predict=predict)
     print("\n".join(fitted.summary_lines()))
     report = write_report(args.run_dirs, out_dir=fitted.files[SCALING_FILE].parent, fitted=fitted,

@@ -183,9 +183,9 @@ class SearchPlan:
                     f"--gpus-per-trial, or pass --address of a cluster that has them")
 
 
-def parse_widths(text: str) -> list[int]:
-    """"1,4,10" → [1, 4, 10], sorted; each a positive integer, given once."""
-    usage = f"--widths takes comma-separated positive integers like 1,4,10, got {text!r}"
+def parse_widths(text: str, *, option: str = "--widths") -> list[int]:
+    """"1,4,10" → [1, 4, 10], sorted; each a positive integer, given once (`option` names the flag in errors)."""
+    usage = f"{option} takes comma-separated positive integers like 1,4,10, got {text!r}"
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() for part in parts):
         raise ConfigError(usage)
@@ -194,7 +194,7 @@ def parse_widths(text: str) -> list[int]:
         raise ConfigError(usage)
     repeated = sorted({w for w in widths if widths.count(w) > 1})
     if repeated:
-        raise ConfigError(f"--widths gives width {', '.join(map(str, repeated))} more than once: list each width once")
+        raise ConfigError(f"{option} gives width {', '.join(map(str, repeated))} more than once: list each width once")
     return sorted(widths)
 
 

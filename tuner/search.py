@@ -24,18 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuner import cli, fit
+from tuner import cli
 from tuner.analysis.ranking import ranking_check
 from tuner.errors import ConfigError
 from tuner.files import write_text_atomically
 from tuner.core.training import check_fits, prepare
-from tuner.plan import SearchPlan, build_plan
+from tuner.plan import SearchPlan, build_plan, parse_widths
 from tuner.presets import DEFAULT_PRESET, PAPER_PRESET, add_trial_arguments, load_preset, trial_overrides
 from tuner.outputs import tracking
 from tuner.outputs.results import (EPOCHS_FILE, EVALUATION_FILE, SEARCH_FILE, STATUSES, TRIALS_FILE, EvaluationStore,
                                    ResultsStore, best_by_width, read_record)
 
 if TYPE_CHECKING:
+    from tuner.fit import FitReport
     from tuner.orchestration.resume import Reconciled
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         args, argv = resume_arguments(args)
     plan = make_plan(args)
-    predict = [] if args.predict is None else fit.parse_predict(args.predict)
+    predict = [] if args.predict is None else parse_widths(args.predict, option="--predict")
     check_address(args.address)
     tracking_uri = tracking.resolve_uri(args.tracking_uri)
     tracking.check_reachable(tracking_uri)
@@ -226,7 +227,7 @@ def report_unlogged(failures: tracking.Failures) -> None:
 class Drawn:
     """The scaling fit and its figures (no scaling.json yet), or why there is no fit and each width's figure."""
 
-    fitted: fit.FitReport | None
+    fitted: FitReport | None
     not_fitted: str | None
     width_files: dict[int, dict[str, Path]]
 
@@ -237,6 +238,8 @@ def draw_scaling_rule(plan: SearchPlan, predict: list[int]) -> Drawn | None:
     this run are removed (they would describe other data) and each width's trials are drawn without a curve."""
     if not any(row["status"] == "completed" for row in ResultsStore(plan.run_dir).trials.values()):
         return None
+    from tuner import fit  # the estimator and SciPy: imported here, on this thread, not at the search's start
+
     try:
         fitted = fit.draw_fit([plan.run_dir], predict=predict)
     except ConfigError as exc:  # e.g. a single width: the search itself succeeded
@@ -250,6 +253,8 @@ def fit_scaling_rule(plan: SearchPlan, tracker: tracking.Tracker, drawn: Drawn) 
     """The final stage: scaling.json (with the strong evaluations' ranking check), the rule printed, report.html;
     the fit's files and coefficients logged to the search's MLflow run and each width's figure to its run. Returns
     the report's path."""
+    from tuner import fit
+
     fitted = None
     if drawn.fitted is None:
         print(f"scaling rule: not fitted ({drawn.not_fitted})")
