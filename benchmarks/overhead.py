@@ -64,9 +64,9 @@ def main() -> int:
     print(f"{'trial compute / concurrency':<40} {compute / concurrency:7.1f} s  ({len(trials)} trials, {compute:.0f} s "
           f"at most {concurrency} at once)")
     print(f"{'strong evaluation / concurrency':<40} {evaluation:7.1f} s  ({len(evaluations)} evaluations)")
-    print(f"{'overhead':<40} {overhead:7.0%}")
+    print(f"{'overhead':<40} {overhead:7.1%}")
     print(f"\n| {time.strftime('%Y-%m-%d')} | {os.cpu_count()} CPUs | `{' '.join(args.search_args)}` | {len(trials)} | "
-          f"{wall:.0f} s | {compute / concurrency:.0f} s | {evaluation:.0f} s | {overhead:.0%} | "
+          f"{wall:.0f} s | {compute / concurrency:.0f} s | {evaluation:.0f} s | {overhead:.1%} | "
           + " / ".join(f"{stop - start:.1f}" for _, start, stop in marks) + " |")
     return 0
 
