@@ -78,6 +78,7 @@ RESUME = TRAINING + "test_resume_after_an_interruption_matches_an_uninterrupted_
 RESUME_AFTER_LAST = TRAINING + "test_a_trial_resumed_after_its_last_epoch_was_saved_only_finishes"
 DAMAGED = TRAINING + "test_a_damaged_checkpoint_is_one_error_naming_the_file_and_the_way_out"
 DATA = "tests/core/test_data.py::"
+DIGITS_OWN = DATA + "test_digits_are_scikit_learns_own_examples"
 CROPS = DATA + "test_each_crop_is_a_window_of_its_own_zero_padded_image_at_every_offset"
 SPLITS = DATA + "test_digits_in_pixel_range_with_disjoint_fixed_splits"
 PNG_ROUND_TRIP = DATA + "test_cifar10_image_folder_round_trips_pixels_and_labels"
@@ -348,6 +349,16 @@ MUTANTS = [
            new="val=Split(test.images[:n_val], test.labels[:n_val])",
            why="λ and the epoch selected on test images",
            tests=(SPLITS,)),
+    Mutant("digits-labels-shifted", "tuner/core/data.py",
+           old="return table[:, :-1], table[:, -1].astype(np.int64)",
+           new="return table[:, :-1], np.roll(table[:, -1], 1).astype(np.int64)",
+           why="each digit read with its neighbour's label",
+           tests=(DIGITS_OWN,)),
+    Mutant("digits-pixels-with-the-label-column", "tuner/core/data.py",
+           old="return table[:, :-1], table[:, -1].astype(np.int64)",
+           new="return table[:, 1:], table[:, -1].astype(np.int64)",
+           why="pixel columns off by one: the label read as the last pixel",
+           tests=(DIGITS_OWN,)),
     Mutant("image-folder-not-scaled", "tuner/core/data.py",
            old="return Split(images.float().div_(255), labels), classes",
            new="return Split(images.float(), labels), classes",
