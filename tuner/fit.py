@@ -10,11 +10,11 @@ From code: `fit_runs(run_dirs, out_dir=..., predict=[15, 20])` writes the files 
 FitReport (`.scaling` = scaling.json, `.files`, `.width_files`, `.summary_lines()`); it is
 `draw_fit` (the fit and its figures, which need only the trials: the search draws them while its
 last strong evaluations run) then `write_scaling` (scaling.json, with the ranking check of the
-strong evaluations). Both raise ConfigError when there is nothing to fit (e.g. a single width),
-and then `plot_widths` draws the widths' trials without fitted curves. `write_report` writes
-report.html either way. The
-estimator is `tuner.analysis.surface`, its wording `tuner.analysis.scaling`, the figures
-`tuner.analysis.plots`, the report `tuner.analysis.report`.
+strong evaluations). fit_runs and draw_fit raise ConfigError when there is nothing to fit (e.g. a
+single width), and then `plot_widths` draws the widths' trials without fitted curves.
+`write_report` writes report.html either way. The estimator is `tuner.analysis.surface`, its
+wording `tuner.analysis.scaling`, the figures `tuner.analysis.plots`, the report
+`tuner.analysis.report`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class FitReport:
     """A fit drawn (draw_fit) or written (fit_runs): the scaling.json content, its files by name, the fit itself."""
 
     scaling: dict[str, Any]
-    files: dict[str, Path]  # "scaling.json" and each figure's file name → its path
+    files: dict[str, Path]  # "scaling.json" (once written) and each figure's file name → its path
     fit: Scaling = dataclasses.field(repr=False)
     out_dir: Path
     width_files: dict[int, dict[str, Path]] = dataclasses.field(default_factory=dict)  # width → its figure's files
