@@ -58,7 +58,7 @@ class Connection:
 
     def close_in_background(self) -> threading.Thread:
         """Leave Ray on a thread of its own, which the caller joins before it exits: stopping a local Ray's
-        processes takes 1-2 s, which overlap whatever the driver does next (the fit). Ray must not be used meanwhile."""
+        processes takes 1-2 s, which overlap what the driver does next (its report). Ray must not be used meanwhile."""
         thread = threading.Thread(target=ray.shutdown if self.owned else lambda: None, name="ray-shutdown")
         thread.start()
         return thread

@@ -138,7 +138,7 @@ class StrongEvaluations:
         self.plan, self.store, self.on_row, self.warn = plan, store, on_row, warn
         self.waiting: list[Request] = []  # costliest first (equal costs: in the order asked)
         self.pending: dict[Any, Request] = {}  # handed to Ray: object ref → request
-        self.submitted: set[int] = set()
+        self.widths_asked: set[int] = set()
 
     @property
     def outstanding(self) -> int:
@@ -147,9 +147,9 @@ class StrongEvaluations:
 
     def width_done(self, width: int, rows: list[dict[str, Any]]) -> None:
         """Ask for what the search evaluates for `width`, unless it is in evaluation.parquet already."""
-        if width in self.submitted:
+        if width in self.widths_asked:
             return
-        self.submitted.add(width)
+        self.widths_asked.add(width)
         self.waiting += [request for request in width_requests(self.plan, rows, width)
                          if not self.store.has(request.key(self.plan))]
         self.waiting.sort(key=lambda request: (request.row["width"], request.key(self.plan)[3]), reverse=True)
